@@ -1,0 +1,1 @@
+Console.WriteLine("AsyncPatterns demo: coming with the WorkQueue.");
