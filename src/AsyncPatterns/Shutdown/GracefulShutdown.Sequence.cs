@@ -3,8 +3,11 @@ namespace AsyncPatterns;
 /// <summary>The shutdown sequence: stop, drain within the deadline, abort, clean up, report.</summary>
 public sealed partial class GracefulShutdown
 {
-    /// <summary>Starts the shutdown unless it has started; returns whether this call started it.</summary>
-    private bool Start(string reason)
+    /// <summary>
+    /// Starts the shutdown unless it has started; returns whether this call started it. With
+    /// <paramref name="abortCause"/>, a shutdown this call starts is aborted from the outset.
+    /// </summary>
+    private bool Start(string reason, string? abortCause = null)
     {
         IDrainable[] components;
         Func<CancellationToken, Task>[] cleanups;
@@ -17,6 +20,7 @@ public sealed partial class GracefulShutdown
             }
 
             Volatile.Write(ref _reason, reason);
+            _abortCause = abortCause;
             _startedAt = _context.TimeProvider.GetTimestamp();
             components = [.. _components];
             cleanups = [.. _cleanups];
@@ -52,6 +56,11 @@ public sealed partial class GracefulShutdown
             }
         }
 
+        if (abortCause is not null)
+        {
+            CancelAbort(abortCause);
+        }
+
         _ = RunSequenceAsync(components, cleanups);
         return true;
     }
@@ -69,6 +78,11 @@ public sealed partial class GracefulShutdown
             _abortCause = cause;
         }
 
+        CancelAbort(cause);
+    }
+
+    private void CancelAbort(string cause)
+    {
         var elapsed = _context.TimeProvider.GetElapsedTime(_startedAt);
         ShutdownLog.Aborting(_context.Logger, _context.Name, cause, elapsed);
         try

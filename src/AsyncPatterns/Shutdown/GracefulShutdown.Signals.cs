@@ -52,8 +52,11 @@ public sealed partial class GracefulShutdown
         ThreadPool.UnsafeQueueUserWorkItem(
             static state =>
             {
-                state.Self.Start(state.Name);
-                if (state.Abort)
+                if (!state.Abort)
+                {
+                    state.Self.Start(state.Name);
+                }
+                else if (!state.Self.Start(state.Name, "second signal (" + state.Name + ")"))
                 {
                     state.Self.FireAbort("second signal (" + state.Name + ")");
                 }

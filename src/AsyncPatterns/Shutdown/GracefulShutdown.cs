@@ -247,8 +247,10 @@ public sealed partial class GracefulShutdown : IAsyncDisposable
     /// <remarks>What a second signal does. Use it when the platform's grace period is shorter than expected.</remarks>
     public void Abort(string? reason = null)
     {
-        Start(reason ?? "aborted");
-        FireAbort("Abort called");
+        if (!Start(reason ?? "aborted", "Abort called"))
+        {
+            FireAbort("Abort called");
+        }
     }
 
     /// <summary>
