@@ -39,16 +39,23 @@ internal sealed class ProbeQueue : IDrainable
 
     public async ValueTask EnqueueAsync(long item, CancellationToken cancellationToken)
     {
-        // Counted before the write so that a worker never handles an item not yet counted as accepted.
-        Interlocked.Increment(ref _accepted);
-        try
+        // WaitToWriteAsync + TryWrite rather than WriteAsync(item, token): on .NET 10.0.12 a cancelled
+        // BoundedChannel.WriteAsync can throw OperationCanceledException after the item went in (seen about once in
+        // 20 runs), which would make an accepted item look refused. Here the token only ever cancels the wait.
+        while (true)
         {
-            await _channel.Writer.WriteAsync(item, cancellationToken);
-        }
-        catch
-        {
+            // Counted before the write so that a worker never handles an item not yet counted as accepted.
+            Interlocked.Increment(ref _accepted);
+            if (_channel.Writer.TryWrite(item))
+            {
+                return;
+            }
+
             Interlocked.Decrement(ref _accepted);
-            throw;
+            if (!await _channel.Writer.WaitToWriteAsync(cancellationToken))
+            {
+                throw new InvalidOperationException("The queue is closed.");
+            }
         }
     }
 

@@ -20,10 +20,15 @@ public class GracefulShutdownTests
         var clock = new ManualTimeProvider();
         var log = new EventLog();
         await using var shutdown = Create(clock);
-        shutdown.StoppingToken.Register(() => log.Add("stopping"));
+        var stoppingLogged = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        shutdown.StoppingToken.Register(() =>
+        {
+            log.Add("stopping");
+            stoppingLogged.SetResult();
+        });
         _ = shutdown.Run(async stopping =>
         {
-            await Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
+            await stoppingLogged.Task; // this task ends only once StoppingToken has fired
             await Task.Yield();
             log.Add("task-ended");
         });
@@ -499,6 +504,7 @@ public class GracefulShutdownTests
                 for (var i = 0; i < 200; i++)
                 {
                     var kind = random.Next(4);
+                    var delay = random.Next(3);
                     try
                     {
                         _ = shutdown.Run(async stopping =>
@@ -509,7 +515,7 @@ public class GracefulShutdownTests
                                 case 0: return;
                                 case 1: throw new InvalidOperationException("fault");
                                 case 2: await Task.Delay(Timeout.Infinite, stopping); return;
-                                default: await Task.Delay(random.Next(3)); return;
+                                default: await Task.Delay(delay); return;
                             }
                         });
                         Interlocked.Increment(ref started);
