@@ -189,8 +189,12 @@ public sealed partial class CancellationScope
             OnBodyFaulted(bodyTask, ex);
         }
 
-        Volatile.Write(ref _ownerReleased, 1);
-        ReleaseActive();
+        // The body may have disposed the scope itself; the owner's hold is released exactly once.
+        if (Interlocked.Exchange(ref _ownerReleased, 1) == 0)
+        {
+            ReleaseActive();
+        }
+
         await _completion.Task.ConfigureAwait(false);
         ThrowOutcome();
         return bodyTask;

@@ -544,4 +544,23 @@ public sealed class CancellationScopeRunAsyncTests
         await FluentActions.Awaiting(() => run.WithTimeout()).Should().ThrowExactlyAsync<TestException>();
         logs.Entries.Should().Contain(e => e.EventId.Id == 1501 && e.Exception == error);
     }
+
+    [Fact]
+    public async Task Disposing_the_scope_inside_the_body_ends_it_once()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task? stubborn = null;
+        var run = CancellationScope.RunAsync(async scope =>
+        {
+            var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            stubborn = scope.Run(_ => { started.SetResult(); return release.Task; });
+            await started.Task;
+            var dispose = scope.DisposeAsync().AsTask();
+            await AsyncAssert.StillPendingAsync(dispose, "the stubborn child still runs");
+            release.SetResult();
+            await dispose;
+        });
+        await run.WithTimeout();
+        stubborn!.IsCompletedSuccessfully.Should().BeTrue("DisposeAsync waited for it before RunAsync returned");
+    }
 }
