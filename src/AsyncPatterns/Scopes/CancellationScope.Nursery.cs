@@ -37,9 +37,7 @@ public sealed partial class CancellationScope
     /// A token that is already cancelled returns a cancelled task without running <paramref name="body"/>.
     /// Failures win over a timeout or a cancellation that happened at the same time: a real error is never hidden.
     /// </remarks>
-#if NET9_0_OR_GREATER
     [OverloadResolutionPriority(1)]
-#endif
     public static Task RunAsync(Func<CancellationScope, Task> body, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(body);
@@ -67,9 +65,7 @@ public sealed partial class CancellationScope
     /// <exception cref="TimeoutException">The deadline passed before the scope ended (thrown by the returned task).</exception>
     /// <exception cref="OperationCanceledException">The caller's token was cancelled, or the body was cancelled by <see cref="Cancel"/> (thrown by the returned task).</exception>
     /// <exception cref="AggregateException">Several failures (thrown by the returned task).</exception>
-#if NET9_0_OR_GREATER
     [OverloadResolutionPriority(1)]
-#endif
     public static Task<T> RunAsync<T>(Func<CancellationScope, Task<T>> body, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(body);

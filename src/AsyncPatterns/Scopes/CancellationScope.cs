@@ -102,10 +102,8 @@ public sealed partial class CancellationScope : IAsyncDisposable
     /// cancelled from the start (its <c>Run</c> throws).
     /// </param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is zero or negative (other than infinite).</exception>
-#if NET9_0_OR_GREATER
     // `new CancellationScope(null, token)` must keep meaning the contract constructor.
     [OverloadResolutionPriority(1)]
-#endif
     public CancellationScope(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
         : this(DefaultContext, ValidateTimeout(timeout, nameof(timeout)), int.MaxValue, failFast: false, cancellationToken)
     {
