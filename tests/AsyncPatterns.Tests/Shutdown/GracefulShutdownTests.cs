@@ -489,6 +489,46 @@ public class GracefulShutdownTests
     }
 
     [Fact]
+    public async Task Under_load_every_item_the_registered_components_accepted_is_processed()
+    {
+        await using var shutdown = new GracefulShutdown(new GracefulShutdownOptions { DrainTimeout = TimeSpan.FromSeconds(20) });
+        var downstream = new ContractQueue(async (_, _) => await Task.Yield());
+        var upstream = new ContractQueue(async (item, _) =>
+        {
+            await Task.Yield();
+            downstream.Enqueue(item); // upstream feeds downstream, so downstream is registered first
+        });
+        shutdown.Register(downstream);
+        shutdown.Register(upstream);
+        for (var p = 0; p < 4; p++)
+        {
+            _ = shutdown.Run(async stopping =>
+            {
+                var i = 0;
+                while (!stopping.IsCancellationRequested)
+                {
+                    upstream.Enqueue(i++);
+                    if (i % 32 == 0)
+                    {
+                        await Task.Yield();
+                    }
+                }
+            });
+        }
+
+        await AsyncAssert.EventuallyAsync(() => downstream.Handled > 2000, "work flows through both queues");
+        var report = await shutdown.ShutdownAsync().WithTimeout();
+
+        report.TimedOut.Should().BeFalse();
+        report.TasksCompleted.Should().Be(4);
+        report.Errors.Should().BeEmpty();
+        upstream.Handled.Should().Be(upstream.Accepted);
+        downstream.Accepted.Should().Be(upstream.Accepted, "the upstream drained into an open downstream");
+        downstream.Handled.Should().Be(downstream.Accepted);
+        (upstream.Failed + upstream.Dropped + downstream.Failed + downstream.Dropped).Should().Be(0);
+    }
+
+    [Fact]
     public async Task Stress_racing_Run_with_ShutdownAsync_accounts_for_every_started_task()
     {
         for (var round = 0; round < 20; round++)
