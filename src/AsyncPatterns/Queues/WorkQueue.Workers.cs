@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Threading.RateLimiting;
 
 namespace AsyncPatterns;
@@ -58,6 +59,7 @@ public sealed partial class WorkQueue<T>
     }
 
     /// <summary>The path with a rate limiter and/or a resilience pipeline.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ProcessWithFeaturesAsync(int index, T item, CancellationToken token)
     {
         RateLimitLease? lease = null;

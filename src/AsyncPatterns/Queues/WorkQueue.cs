@@ -1,4 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using System.Threading.RateLimiting;
 using Microsoft.Extensions.Logging;
@@ -331,6 +332,8 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
         };
     }
 
+    // Pooled: a producer that waits for room often (the point of backpressure) should not allocate each time.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask EnqueueSlowAsync(T item, CancellationToken cancellationToken)
     {
         if (IsClosed)
