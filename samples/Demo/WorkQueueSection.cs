@@ -118,7 +118,7 @@ internal sealed class WorkQueueSection : IDemoSection
                 var perSecond = (done - lastDone) / (now - lastTime).TotalSeconds;
                 (lastDone, lastTime) = (done, now);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{now.TotalSeconds,5:0.00}s  depth {stats.Count,3}/{Capacity} {Bar(stats.Count, Capacity)}  in flight {stats.InFlight}/{Workers}  producers waiting {stats.WaitingProducers}/{Producers}  handled {perSecond,5:0}/s  (accepted {stats.Accepted}, handled {stats.Handled}, failed {stats.Failed})"));
+                    $"{now.TotalSeconds,5:0.00}s  depth {stats.Count,3}/{Capacity} {Bar(stats.Count, Capacity)}  in flight {stats.InFlight}/{Workers}  producers waiting {stats.WaitingProducers}/{Producers}  done {perSecond,5:0}/s  (accepted {stats.Accepted}, handled {stats.Handled}, failed {stats.Failed})"));
             }
         }
         catch (OperationCanceledException)

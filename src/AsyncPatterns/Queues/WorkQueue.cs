@@ -130,11 +130,16 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
         _participants = workers;
         WorkQueueGaugeRegistry.Add(this);
 
-        // The queue owns its workers: Completion tracks them, DrainAsync and DisposeAsync stop them.
-        for (var i = 0; i < workers; i++)
+        // The queue owns its workers: Completion tracks them, DrainAsync and DisposeAsync stop them. They do not
+        // inherit the creator's ExecutionContext (its AsyncLocals, its Activity): a queue built inside one request
+        // must not make that request the ambient parent of every item it ever handles.
+        using (ExecutionContext.SuppressFlow())
         {
-            var index = i;
-            _ = Task.Run(() => RunWorkerAsync(index));
+            for (var i = 0; i < workers; i++)
+            {
+                var index = i;
+                _ = Task.Run(() => RunWorkerAsync(index));
+            }
         }
     }
 
