@@ -120,10 +120,10 @@ public sealed class CircuitBreakerTests
         var gate = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         var entered = 0;
 
-        using var start = new Barrier(10);
+        var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var callers = Enumerable.Range(0, 10).Select(_ => Task.Run(async () =>
         {
-            start.SignalAndWait();
+            await start.Task; // released together; no pool thread is blocked while waiting
             try
             {
                 return await breaker.ExecuteAsync(async _ =>
@@ -138,6 +138,7 @@ public sealed class CircuitBreakerTests
             }
         })).ToArray();
 
+        start.SetResult();
         await AsyncAssert.EventuallyAsync(() => breaker.GetStatistics().Rejections == 7, "seven callers should be refused");
         Volatile.Read(ref entered).Should().Be(3);
         breaker.State.Should().Be(CircuitState.HalfOpen);
