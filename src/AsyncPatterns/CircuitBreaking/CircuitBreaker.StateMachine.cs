@@ -26,6 +26,9 @@ public sealed partial class CircuitBreaker
     private readonly Func<Exception, bool>? _shouldHandle;
     private readonly CircuitHealthWindow? _health;
     private readonly PerCoreCounter _successes = new();
+    private readonly string _openMessage;
+    private readonly string _halfOpenMessage;
+    private readonly string _isolatedMessage;
 
     // Read without the lock on the hot path, written only under it.
     private volatile int _state = (int)CircuitState.Closed;
@@ -193,13 +196,12 @@ public sealed partial class CircuitBreaker
 
         if (refusedIn == CircuitState.Isolated)
         {
-            return new IsolatedCircuitException($"The circuit breaker '{_context.Name}' is isolated and refuses every call until it is reset.");
+            return new IsolatedCircuitException(_isolatedMessage);
         }
 
+        // The messages are built once: formatting RetryAfter into each refusal would cost more than the refusal itself.
         var retryAfter = ToTimeSpan(retryAfterTicks);
-        var message = refusedIn == CircuitState.Open
-            ? $"The circuit breaker '{_context.Name}' is open and refuses calls; retry after {retryAfter}."
-            : $"The circuit breaker '{_context.Name}' is half-open and every trial slot is taken; retry after {retryAfter}.";
+        var message = refusedIn == CircuitState.Open ? _openMessage : _halfOpenMessage;
         return inner is null
             ? new BrokenCircuitException(message, retryAfter)
             : new BrokenCircuitException(message, retryAfter, inner);

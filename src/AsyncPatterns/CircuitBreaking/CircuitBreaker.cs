@@ -97,6 +97,9 @@ public sealed partial class CircuitBreaker
         _halfOpenMaxCalls = options.HalfOpenMaxCalls;
         _shouldHandle = options.ShouldHandle;
         _onStateChanged = options.OnStateChanged;
+        _openMessage = $"The circuit breaker '{_context.Name}' is open and refuses calls until its break ends (see RetryAfter).";
+        _halfOpenMessage = $"The circuit breaker '{_context.Name}' is half-open and every trial slot is taken; retry after RetryAfter.";
+        _isolatedMessage = $"The circuit breaker '{_context.Name}' is isolated and refuses every call until it is reset.";
         if (options.FailureRatio is not null)
         {
             _health = new CircuitHealthWindow(options.SamplingDuration, ToTimestampTicks, _timeProvider.GetTimestamp());
