@@ -19,9 +19,9 @@ public static class CircuitBreakerPipelineExtensions
     /// <remarks>
     /// <para>
     /// The breaker sees each attempt that reaches it: placed after a retry (the usual order) it counts every attempt and
-    /// refuses attempts while open, returning <see cref="Polly.CircuitBreaker.BrokenCircuitException"/>, which Polly's
-    /// default retry predicate does not retry... unless your retry handles every exception; exclude
-    /// <see cref="ExecutionRejectedException"/> from it in that case.
+    /// refuses attempts while open with <see cref="Polly.CircuitBreaker.BrokenCircuitException"/>. Polly's default retry
+    /// predicate handles every exception except <see cref="OperationCanceledException"/>, so it would retry refusals too;
+    /// give the retry a <c>ShouldHandle</c> that leaves out <see cref="ExecutionRejectedException"/>.
     /// </para>
     /// <para>
     /// Outcomes are classified by exception only, with <see cref="ResilienceContext.CancellationToken"/> as the caller's
