@@ -46,6 +46,9 @@ internal sealed class RateLimiterWaiter : TaskCompletionSource<RateLimitLease>
 
     public CancellationTokenRegistration Registration { get; private set; }
 
+    /// <summary>The lease to complete with, when the limiter gives each waiter its own (set under the lock at grant time).</summary>
+    public RateLimitLease? GrantedLease { get; set; }
+
     public RateLimiterWaiter? Previous { get; set; }
 
     public RateLimiterWaiter? Next { get; set; }
@@ -187,8 +190,11 @@ internal struct RateLimiterWaiterBatch
         }
     }
 
-    /// <summary>Completes every waiter with <paramref name="lease"/> and returns the permits they asked for.</summary>
-    public readonly long CompleteAll(RateLimitLease lease)
+    /// <summary>
+    /// Completes every waiter with <paramref name="lease"/> (or, when null, its own <see cref="RateLimiterWaiter.GrantedLease"/>)
+    /// and returns the permits they asked for.
+    /// </summary>
+    public readonly long CompleteAll(RateLimitLease? lease)
     {
         if (_first is null)
         {
@@ -207,9 +213,9 @@ internal struct RateLimiterWaiterBatch
         return permits;
     }
 
-    private static long Complete(RateLimiterWaiter waiter, RateLimitLease lease)
+    private static long Complete(RateLimiterWaiter waiter, RateLimitLease? lease)
     {
-        waiter.TrySetResult(lease);
+        waiter.TrySetResult(lease ?? waiter.GrantedLease!);
 
         // Outside the lock: Dispose waits for a cancellation callback that is running, and that callback takes the lock.
         waiter.DisposeRegistration();
