@@ -463,6 +463,7 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
             return 0;
         }
 
+        Interlocked.Add(ref _successfulLeases, granted.Count);
         long permits = granted.CompleteAll(lease: null);
         RateLimitingMetrics.RecordGranted(permits, _context.NameTag);
         return permits;

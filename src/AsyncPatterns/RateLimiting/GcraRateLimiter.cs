@@ -478,6 +478,7 @@ public sealed class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwner
             return 0;
         }
 
+        Interlocked.Add(ref _successfulLeases, granted.Count);
         long permits = granted.CompleteAll(RateLimitingLease.Acquired);
         RateLimitingMetrics.RecordGranted(permits, _context.NameTag);
         return permits;

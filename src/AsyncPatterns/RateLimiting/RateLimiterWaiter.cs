@@ -178,6 +178,8 @@ internal struct RateLimiterWaiterBatch
 
     public readonly bool IsEmpty => _first is null;
 
+    public readonly int Count => _first is null ? 0 : 1 + (_more?.Count ?? 0);
+
     public void Add(RateLimiterWaiter waiter)
     {
         if (_first is null)
