@@ -20,13 +20,20 @@ namespace AsyncPatterns;
 /// </para>
 /// <para>
 /// <b>Algorithm</b> (Netflix <c>VegasLimit</c>, with its defaults). The no-load latency is the smallest latency
-/// observed. For each sample, the backend's queue is estimated as
-/// <c>queue = ceil(limit × (1 − noLoad / latency))</c> and, with <c>L = max(1, floor(log10(limit)))</c>: a dropped
-/// request shrinks the limit by <c>L</c>; otherwise, when fewer than half the permits were in use the limit holds (the
-/// caller, not the backend, is the bottleneck); when <c>queue ≤ L</c> it grows by <c>Beta × L</c>; when
-/// <c>queue &lt; Alpha × L</c> by <c>L</c>; when <c>queue &gt; Beta × L</c> it shrinks by <c>L</c>; in between it holds.
-/// The result is clamped to [<c>MinLimit</c>, <c>MaxLimit</c>] and smoothed by <c>Smoothing</c>. Against a backend
-/// whose latency climbs once concurrency passes a knee, the limit settles a few permits above the knee.
+/// observed. The backend's queue is estimated as <c>queue = ceil(limit × (1 − noLoad / latency))</c> and, with
+/// <c>L = max(1, floor(log10(limit)))</c>: a dropped request shrinks the limit by <c>L</c>; otherwise, when fewer than
+/// half the permits were in use (at a request's start or end) the limit holds (the caller, not the backend, is the bottleneck); when
+/// <c>queue ≤ L</c> it grows by <c>Beta × L</c>; when <c>queue &lt; Alpha × L</c> by <c>L</c>; when
+/// <c>queue &gt; Beta × L</c> it shrinks by <c>L</c>; in between it holds. The result is clamped to
+/// [<c>MinLimit</c>, <c>MaxLimit</c>] and smoothed by <c>Smoothing</c>. Against a backend whose latency climbs once
+/// concurrency passes a knee, the limit settles a few permits above the knee.
+/// </para>
+/// <para>
+/// <b>Once per round trip</b>, as TCP Vegas adjusts its window (Netflix applies the step to every sample): only
+/// requests that started after the last change are evidence about it, so their samples form a window of up to 10
+/// (half the limit when smaller) and the step runs once per window on their mean latency, or at once on a drop.
+/// Stepping per sample makes the limit grow by <c>Beta × L</c> per request before the first queued latency comes
+/// back, and it oscillates between far above and far below the knee; per round trip it converges.
 /// </para>
 /// <para>
 /// <b>Choices.</b> Netflix's periodic re-probe of the no-load latency is not implemented: in a steadily saturated
@@ -54,6 +61,9 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
     private readonly double _alpha;
     private readonly double _beta;
     private readonly double _smoothing;
+    // Samples per window, at most: enough to average out one slow request, few enough to react within a round trip.
+    private const int MaxWindowSamples = 10;
+
     private readonly Lock _lock = new();
     private readonly RateLimiterWaiterQueue _queue = new();
 
@@ -62,6 +72,10 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
     private int _limit;
     private int _inFlight;
     private long _noLoadLatency;
+    private long _windowStart;
+    private int _windowCount;
+    private long _windowLatencySum;
+    private int _windowMaxInFlight;
     private long _idleSince;
     private bool _isIdle = true;
     private long _successfulLeases;
@@ -112,6 +126,7 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
         _estimatedLimit = options.InitialLimit;
         _limit = options.InitialLimit;
         _idleSince = _timeProvider.GetTimestamp();
+        _windowStart = _idleSince;
         RateLimitingMetrics.RecordLimitChange(_limit, _context.NameTag);
     }
 
@@ -336,12 +351,13 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
         lock (_lock)
         {
             oldLimit = _limit;
+            int inFlightAtEnd = _inFlight;
             _inFlight -= lease.PermitCount;
             if (!_disposed)
             {
                 if (!lease.IsIgnored)
                 {
-                    UpdateLimitLocked(now - lease.StartTimestamp, lease.InFlightAtStart, lease.IsDropped);
+                    OnSampleLocked(lease, Math.Max(lease.InFlightAtStart, inFlightAtEnd), now);
                 }
 
                 GrantWaitersLocked(now, ref granted);
@@ -373,10 +389,18 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
     /// <summary>Netflix's <c>Log10RootFunction</c>: max(1, floor(log10(limit))) below 1000, floor(sqrt(limit)) from there.</summary>
     private static int Log10Root(int limit) => limit < 1000 ? Math.Max(1, (int)Math.Log10(limit)) : (int)Math.Sqrt(limit);
 
-    /// <summary>The Vegas step for one sample; see the type's remarks.</summary>
-    private void UpdateLimitLocked(long latency, int inFlightAtStart, bool dropped)
+    /// <summary>
+    /// Takes one latency sample: every sample may lower the no-load latency; samples of requests that started after the
+    /// last change form the next window, which closes (and runs the Vegas step) once it holds enough samples, or at
+    /// once on a drop.
+    /// </summary>
+    /// <param name="lease">The lease released.</param>
+    /// <param name="inFlight">The permits in flight while it ran: the larger of the counts at its start and its end.</param>
+    /// <param name="now">The release's timestamp.</param>
+    private void OnSampleLocked(AdaptiveConcurrencyLease lease, int inFlight, long now)
     {
         _lock.AssertHeld();
+        long latency = now - lease.StartTimestamp;
         if (latency <= 0)
         {
             // Nothing measurable (a clock that did not move): no sample.
@@ -386,9 +410,34 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
         if (_noLoadLatency == 0 || latency < _noLoadLatency)
         {
             _noLoadLatency = latency;
+        }
+
+        if (lease.StartTimestamp < _windowStart)
+        {
+            // Started before the last change: says nothing about the current limit.
             return;
         }
 
+        _windowCount++;
+        _windowLatencySum += latency;
+        _windowMaxInFlight = Math.Max(_windowMaxInFlight, inFlight);
+        bool dropped = lease.IsDropped;
+        if (!dropped && _windowCount < Math.Clamp(_limit / 2, 1, MaxWindowSamples))
+        {
+            return;
+        }
+
+        UpdateLimitLocked((double)_windowLatencySum / _windowCount, _windowMaxInFlight, dropped);
+        _windowStart = now;
+        _windowCount = 0;
+        _windowLatencySum = 0;
+        _windowMaxInFlight = 0;
+    }
+
+    /// <summary>The Vegas step for one window; see the type's remarks.</summary>
+    private void UpdateLimitLocked(double latency, int maxInFlight, bool dropped)
+    {
+        _lock.AssertHeld();
         double estimate = _estimatedLimit;
         int step = Log10Root((int)estimate);
         double target;
@@ -396,13 +445,13 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
         {
             target = estimate - step;
         }
-        else if (inFlightAtStart * 2 < estimate)
+        else if (maxInFlight * 2 < estimate)
         {
             return;
         }
         else
         {
-            double queue = Math.Ceiling(estimate * (1 - ((double)_noLoadLatency / latency)));
+            double queue = Math.Ceiling(estimate * (1 - (_noLoadLatency / latency)));
             if (queue <= step)
             {
                 target = estimate + (_beta * step);
