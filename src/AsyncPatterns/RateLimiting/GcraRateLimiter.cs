@@ -46,6 +46,7 @@ public sealed class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwner
     private const long NotArmed = long.MaxValue;
 
     private readonly PrimitiveContext _context;
+    private readonly KeyValuePair<string, object?> _nameTag;
     private readonly TimeProvider _timeProvider;
     private readonly long _origin;
     private readonly long _scale;
@@ -91,6 +92,7 @@ public sealed class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwner
 
         _context = PrimitiveContext.Create(options, nameof(GcraRateLimiter), typeof(GcraRateLimiter).FullName!);
         _timeProvider = _context.TimeProvider;
+        _nameTag = _context.NameTag;
         _burst = options.Burst;
         _queueLimit = options.QueueLimit;
         _order = options.QueueProcessingOrder;
@@ -507,7 +509,11 @@ public sealed class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwner
     private RateLimitLease Granted(int permitCount)
     {
         Interlocked.Increment(ref _successfulLeases);
-        RateLimitingMetrics.RecordGranted(permitCount, _context.NameTag);
+        if (RateLimitingMetrics.Granted.Enabled)
+        {
+            RateLimitingMetrics.Granted.Add(permitCount, _nameTag);
+        }
+
         return RateLimitingLease.Acquired;
     }
 
