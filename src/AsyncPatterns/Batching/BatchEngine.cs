@@ -120,7 +120,8 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         Pipeline = options.Pipeline;
         _withCompletions = withCompletions;
         _inFlight = new List<BatchBuffer<T>>(Math.Min(_maxConcurrentBatches, 64));
-        _poolLimit = Math.Min(_maxConcurrentBatches, 16) + 2;
+        // Enough buffers for every batch that can exist at once (capacity's worth plus the open one), within reason.
+        _poolLimit = (int)Math.Min(((long)capacity / _maxBatchSize) + Math.Min(_maxConcurrentBatches, 16) + 1, 64);
 
         // Created unarmed: nothing runs until a batch gets its first item.
         _timer = Context.TimeProvider.CreateTimer(static state => ((BatchEngine<T>)state!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
@@ -155,12 +156,7 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
                 return BatchAddOutcome.Closed;
             }
 
-            while (_waiters.TryPeek(out var head) && head.IsCompleted)
-            {
-                _waiters.Dequeue();
-            }
-
-            if (_pending < _capacity && _waiters.Count == 0)
+            if (_pending < _capacity && (_waiters.Count == 0 || !HasLiveWaiterLocked()))
             {
                 AppendLocked(item, completion, weight, ref signals);
             }
@@ -362,6 +358,18 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         }
 
         return min;
+    }
+
+    /// <summary>Drops cancelled waiters from the head of the queue; true if a live one remains (it goes first).</summary>
+    private bool HasLiveWaiterLocked()
+    {
+        _lock.AssertHeld();
+        while (_waiters.TryPeek(out var head) && head.IsCompleted)
+        {
+            _waiters.Dequeue();
+        }
+
+        return _waiters.Count != 0;
     }
 
     private int CountWaitingLocked()
