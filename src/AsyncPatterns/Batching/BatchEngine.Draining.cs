@@ -67,24 +67,13 @@ internal abstract partial class BatchEngine<T>
                 SealLocked(BatchTrigger.Drain, ref signals);
             }
 
-            CapacityWaiter? last = null;
             while (_waiters.TryDequeue(out var waiter))
             {
-                if (!waiter.TryMarkCompleted())
+                if (waiter.TryMarkCompleted())
                 {
-                    continue;
-                }
-
-                if (last is null)
-                {
+                    waiter.Next = signals.Refused;
                     signals.Refused = waiter;
                 }
-                else
-                {
-                    last.Next = waiter;
-                }
-
-                last = waiter;
             }
 
             CheckFinishedLocked(ref signals);

@@ -95,25 +95,14 @@ internal abstract partial class BatchEngine<T>
     private void AdmitWaitersLocked(ref Signals signals)
     {
         _lock.AssertHeld();
-        CapacityWaiter? last = null;
         while (_pending < _capacity && _waiters.TryDequeue(out var waiter))
         {
-            if (!waiter.TryMarkCompleted())
+            if (waiter.TryMarkCompleted())
             {
-                continue; // cancelled while it waited
-            }
-
-            AppendLocked(waiter.Item, waiter.Completion, waiter.Weight, ref signals);
-            if (last is null)
-            {
+                AppendLocked(waiter.Item, waiter.Completion, waiter.Weight, ref signals);
+                waiter.Next = signals.Admitted;
                 signals.Admitted = waiter;
             }
-            else
-            {
-                last.Next = waiter;
-            }
-
-            last = waiter;
         }
     }
 
@@ -126,20 +115,11 @@ internal abstract partial class BatchEngine<T>
         }
 
         var min = MinOutstandingSequenceLocked();
-        FlushWaiter? last = null;
         while (_flushWaiters.TryPeek(out var flush) && flush.Sequence < min)
         {
             _flushWaiters.Dequeue();
-            if (last is null)
-            {
-                signals.Flushed = flush;
-            }
-            else
-            {
-                last.Next = flush;
-            }
-
-            last = flush;
+            flush.Next = signals.Flushed;
+            signals.Flushed = flush;
         }
     }
 

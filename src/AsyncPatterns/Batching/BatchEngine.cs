@@ -390,7 +390,14 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         if (signals.ArmTimerFrom is { } first)
         {
             var due = _maxDelay - Context.TimeProvider.GetElapsedTime(first);
-            _timer.Change(due > TimeSpan.Zero ? due : TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+            try
+            {
+                _timer.Change(due > TimeSpan.Zero ? due : TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+            }
+            catch (ObjectDisposedException)
+            {
+                // A late arming raced with the drain finishing: there is no batch left to time.
+            }
         }
 
         for (var i = 0; i < signals.WorkersToStart; i++)
@@ -419,7 +426,7 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         }
     }
 
-    /// <summary>What a locked section leaves to do once the lock is released. Chains avoid allocations.</summary>
+    /// <summary>What a locked section leaves to do once the lock is released. Chains (newest first; the order of signals does not matter) avoid allocations.</summary>
     private struct Signals
     {
         public long? ArmTimerFrom;
