@@ -28,9 +28,11 @@ internal enum BatchAddOutcome
 /// taking sealed batches until none is left, so a busy batcher pays one thread-pool dispatch per burst, not per batch.
 /// </para>
 /// <para>
-/// One <see cref="ITimer"/> per engine enforces <c>MaxDelay</c>. It is armed when a batch gets its first item, at
-/// that batch's deadline (computed from the first item's timestamp, never restarted by later items). A stale arming
-/// can only make it fire early; the callback then re-arms for what is left, so no per-item timer work is needed.
+/// One <see cref="ITimer"/> per engine enforces <c>MaxDelay</c>. When a batch gets its first item and the timer is
+/// not armed, it is armed for that batch's deadline (the first item's timestamp plus <c>MaxDelay</c>, never restarted
+/// by later items). Deadlines only move later, so a timer armed for a batch that has gone since fires early; the
+/// callback then re-arms it for what is left of the current batch. One arming is outstanding at a time (decided
+/// under the lock), so the timer costs nothing per item and usually nothing per batch.
 /// </para>
 /// <para>
 /// Subclasses supply how a batch is processed and how per-item completions (callers' result tasks) are finished.
@@ -70,8 +72,8 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
     private bool _closed;
     private bool _aborted;
     private bool _finished;
+    private bool _timerArmed;
     private long _pending;
-    private long _accepted;
     private long _processed;
     private long _failed;
     private long _dropped;
@@ -156,6 +158,16 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
                 return BatchAddOutcome.Closed;
             }
 
+            // The hot path: room in the batcher and in an open batch that this item neither fills nor tips over
+            // its weight limit. Nothing to signal afterwards.
+            if (_pending < _capacity && _waiters.Count == 0 && _current is { } open &&
+                open.Count < _maxBatchSize - 1 && weight < _maxBatchWeight - open.Weight)
+            {
+                open.Add(item, completion, weight);
+                _pending++;
+                return BatchAddOutcome.Accepted;
+            }
+
             if (_pending < _capacity && (_waiters.Count == 0 || !HasLiveWaiterLocked()))
             {
                 AppendLocked(item, completion, weight, ref signals);
@@ -220,7 +232,7 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         {
             return new BatcherStatistics
             {
-                ItemsAccepted = _accepted,
+                ItemsAccepted = _processed + _failed + _dropped + _pending,
                 ItemsProcessed = _processed,
                 ItemsFailed = _failed,
                 ItemsDropped = _dropped,
@@ -291,12 +303,15 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
             batch = _pool.Count > 0 ? _pool.Pop() : new BatchBuffer<T>(_maxBatchSize, _withCompletions);
             batch.FirstItemTimestamp = Context.TimeProvider.GetTimestamp();
             _current = batch;
-            signals.ArmTimerFrom = batch.FirstItemTimestamp;
+            if (!_timerArmed)
+            {
+                _timerArmed = true;
+                signals.ArmTimerFrom = batch.FirstItemTimestamp;
+            }
         }
 
         batch.Add(item, completion, weight);
         _pending++;
-        _accepted++;
         if (batch.Count >= _maxBatchSize)
         {
             SealLocked(BatchTrigger.Size, ref signals);
@@ -330,6 +345,7 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         var signals = default(Signals);
         lock (_lock)
         {
+            _timerArmed = false;
             if (_current is { } batch)
             {
                 if (Context.TimeProvider.GetElapsedTime(batch.FirstItemTimestamp) >= _maxDelay)
@@ -338,7 +354,8 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
                 }
                 else
                 {
-                    // A stale arming fired before this batch's deadline: wait for what is left.
+                    // The timer was armed for an earlier batch that has gone since: wait for what is left of this one.
+                    _timerArmed = true;
                     signals.ArmTimerFrom = batch.FirstItemTimestamp;
                 }
             }

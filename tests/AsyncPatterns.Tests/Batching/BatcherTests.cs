@@ -77,6 +77,34 @@ public sealed class BatcherTests
     }
 
     [Fact]
+    public async Task A_batch_started_after_an_earlier_one_went_by_size_goes_MaxDelay_after_its_own_first_item()
+    {
+        var batches = new ConcurrentQueue<(int[] Items, TimeSpan At)>();
+        await using var batcher = new Batcher<int>(
+            (batch, _) =>
+            {
+                batches.Enqueue((batch.ToArray(), _time.Elapsed));
+                return default;
+            },
+            Options(o => o.MaxBatchSize = 2));
+
+        await batcher.AddAsync(1).WithTimeout(); // the timer is armed for this batch's deadline, t = 1 s
+        _time.AdvanceMilliseconds(300);
+        await batcher.AddAsync(2).WithTimeout(); // the batch goes by size
+        _time.AdvanceMilliseconds(200);
+        await batcher.AddAsync(3).WithTimeout(); // its deadline is t = 1.5 s
+
+        _time.AdvanceTo(_time.Start + TimeSpan.FromMilliseconds(1500) - OneTick);
+        batcher.GetStatistics().BatchesByAge.Should().Be(0, "the timer fired at 1 s for the earlier batch and re-armed");
+        _time.Advance(OneTick);
+        batcher.GetStatistics().BatchesByAge.Should().Be(1);
+
+        await AsyncAssert.EventuallyAsync(() => batches.Count == 2);
+        batches.Last().Should().BeEquivalentTo((new[] { 3 }, TimeSpan.FromMilliseconds(1500)));
+        _time.ActiveTimerCount.Should().Be(0, "with no open batch the timer is left unarmed");
+    }
+
+    [Fact]
     public async Task AddAsync_waits_at_Capacity_while_processBatch_is_blocked_and_resumes_when_a_batch_completes()
     {
         var release = new SemaphoreSlim(0);
