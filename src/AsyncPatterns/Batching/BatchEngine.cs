@@ -149,6 +149,31 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
     public BatchAddOutcome TryAdd(T item, object? completion, CancellationToken cancellationToken, out CapacityWaiter? waiter)
     {
         var weight = _weightSelector is null ? 0 : WeightOf(item);
+        waiter = null;
+        lock (_lock)
+        {
+            // The hot path: room in the batcher and in an open batch that this item neither fills nor tips over
+            // its weight limit. Nothing to signal afterwards, so nothing else to pay for. An open batch implies an
+            // open batcher: closing seals the current batch and no batch is opened afterwards.
+            if (_current is { } open && _pending < _capacity && _waiters.Count == 0 &&
+                open.Count < _maxBatchSize - 1 && weight < _maxBatchWeight - open.Weight)
+            {
+                Debug.Assert(!_closed, "A closed batcher has no open batch.");
+                open.Add(item, completion, weight);
+                _pending++;
+                return BatchAddOutcome.Accepted;
+            }
+        }
+
+        return TryAddSlow(item, completion, weight, cancellationToken, out waiter);
+    }
+
+    /// <summary>The exception new work gets once the engine is closed.</summary>
+    public InvalidOperationException ClosedException() => Guard.ClosedException("Batcher", Context.Name);
+
+    /// <summary>Everything but the hot path: closed, full, or an item that opens, fills or overweighs a batch.</summary>
+    private BatchAddOutcome TryAddSlow(T item, object? completion, long weight, CancellationToken cancellationToken, out CapacityWaiter? waiter)
+    {
         var signals = default(Signals);
         waiter = null;
         lock (_lock)
@@ -156,16 +181,6 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
             if (_closed)
             {
                 return BatchAddOutcome.Closed;
-            }
-
-            // The hot path: room in the batcher and in an open batch that this item neither fills nor tips over
-            // its weight limit. Nothing to signal afterwards.
-            if (_pending < _capacity && _waiters.Count == 0 && _current is { } open &&
-                open.Count < _maxBatchSize - 1 && weight < _maxBatchWeight - open.Weight)
-            {
-                open.Add(item, completion, weight);
-                _pending++;
-                return BatchAddOutcome.Accepted;
             }
 
             if (_pending < _capacity && (_waiters.Count == 0 || !HasLiveWaiterLocked()))
@@ -188,9 +203,6 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         Apply(ref signals);
         return BatchAddOutcome.Accepted;
     }
-
-    /// <summary>The exception new work gets once the engine is closed.</summary>
-    public InvalidOperationException ClosedException() => Guard.ClosedException("Batcher", Context.Name);
 
     /// <summary>Seals the current batch and returns a task that completes when every batch sealed so far is finished.</summary>
     public Task FlushAsync(CancellationToken cancellationToken)
