@@ -35,7 +35,16 @@ internal abstract partial class BatchEngine<T>
             // Accounting first, then callers and callbacks: whoever observes a result sees statistics that include it.
             if (error is null)
             {
-                CompleteSucceeded(batch);
+                try
+                {
+                    CompleteSucceeded(batch);
+                }
+                catch (Exception ex)
+                {
+                    // The results list itself threw while being read: the callers not yet completed get that error.
+                    BatcherLog.BatchFailed(Context.Logger, Context.Name, batch.Count, ex);
+                    CompleteFailed(batch, ex);
+                }
             }
             else
             {

@@ -315,11 +315,6 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
             batch = _pool.Count > 0 ? _pool.Pop() : new BatchBuffer<T>(_maxBatchSize, _withCompletions);
             batch.FirstItemTimestamp = Context.TimeProvider.GetTimestamp();
             _current = batch;
-            if (!_timerArmed)
-            {
-                _timerArmed = true;
-                signals.ArmTimerFrom = batch.FirstItemTimestamp;
-            }
         }
 
         batch.Add(item, completion, weight);
@@ -331,6 +326,12 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         else if (batch.Weight >= _maxBatchWeight)
         {
             SealLocked(BatchTrigger.Weight, ref signals);
+        }
+        else if (!_timerArmed)
+        {
+            // The batch stays open: its age now counts (a batch sealed at once never needs the timer).
+            _timerArmed = true;
+            signals.ArmTimerFrom = batch.FirstItemTimestamp;
         }
     }
 

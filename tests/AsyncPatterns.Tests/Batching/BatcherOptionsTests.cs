@@ -130,11 +130,21 @@ public sealed class BatcherOptionsTests
                 l.EnableMeasurementEvents(instrument);
             }
         };
-        listener.SetMeasurementEventCallback<long>((instrument, _, tags, _) =>
+        var pending = new ConcurrentQueue<long>();
+        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
         {
-            if (instrument.Name == "asyncpatterns.batcher.batches" && HasName(tags, name))
+            if (!HasName(tags, name))
+            {
+                return;
+            }
+
+            if (instrument.Name == "asyncpatterns.batcher.batches")
             {
                 triggers.Enqueue((string)tags.ToArray().Single(t => t.Key == "asyncpatterns.batcher.trigger").Value!);
+            }
+            else if (instrument.Name == "asyncpatterns.batcher.items.pending")
+            {
+                pending.Enqueue(value);
             }
         });
         listener.SetMeasurementEventCallback<int>((instrument, value, tags, _) =>
@@ -157,10 +167,13 @@ public sealed class BatcherOptionsTests
         await batcher.AddAsync(1).WithTimeout();
         await batcher.FlushAsync().WithTimeout(); // flush
         await batcher.AddAsync(1).WithTimeout();
+        listener.RecordObservableInstruments();
         await batcher.DisposeAsync(); // drain
+        listener.RecordObservableInstruments();
 
         triggers.Should().Equal("size", "age", "weight", "flush", "drain");
         sizes.Should().Equal(2, 1, 1, 1, 1);
+        pending.Should().Equal([1L], "the open batch held one item; a drained batcher is no longer observed");
     }
 
     private static bool HasName(ReadOnlySpan<KeyValuePair<string, object?>> tags, string name)
