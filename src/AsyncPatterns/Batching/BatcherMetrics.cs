@@ -28,19 +28,19 @@ internal static class BatcherMetrics
     public static readonly Histogram<int> BatchSize = AsyncPatternsDiagnostics.Meter.CreateHistogram<int>(
         "asyncpatterns.batcher.batch.size", "{item}", "Items per emitted batch.");
 
-    public static readonly Histogram<double> BatchDuration = AsyncPatternsDiagnostics.Meter.CreateHistogram<double>(
-        "asyncpatterns.batcher.batch.duration", "s", "Time processBatch took per batch, its pipeline included.");
+    public static readonly Histogram<double> BatchDuration = Seconds(
+        "asyncpatterns.batcher.batch.duration", "Time processBatch took per batch, its pipeline included.");
 
-    public static readonly Histogram<double> BatchLatency = AsyncPatternsDiagnostics.Meter.CreateHistogram<double>(
-        "asyncpatterns.batcher.batch.latency", "s", "Time from a batch's first item being accepted to the batch finishing.");
+    public static readonly Histogram<double> BatchLatency = Seconds(
+        "asyncpatterns.batcher.batch.latency", "Time from a batch's first item being accepted to the batch finishing.");
 
-    public static readonly Counter<long> Batches = AsyncPatternsDiagnostics.Meter.CreateCounter<long>(
+    public static readonly Counter<long> Batches = Counter(
         "asyncpatterns.batcher.batches", "{batch}", "Batches emitted, tagged with the trigger that sent them.");
 
-    public static readonly Counter<long> ItemsFailed = AsyncPatternsDiagnostics.Meter.CreateCounter<long>(
+    public static readonly Counter<long> ItemsFailed = Counter(
         "asyncpatterns.batcher.items.failed", "{item}", "Items in batches that failed.");
 
-    public static readonly Counter<long> ItemsDropped = AsyncPatternsDiagnostics.Meter.CreateCounter<long>(
+    public static readonly Counter<long> ItemsDropped = Counter(
         "asyncpatterns.batcher.items.dropped", "{item}", "Items dropped because a drain was cut short.");
 
     private static readonly ConditionalWeakTable<IBatcherGaugeSource, object?> Live = new();
@@ -49,6 +49,12 @@ internal static class BatcherMetrics
 
     private static readonly ObservableUpDownCounter<long> ItemsPending = AsyncPatternsDiagnostics.Meter.CreateObservableUpDownCounter(
         "asyncpatterns.batcher.items.pending", ObservePending, "{item}", "Accepted items not yet finished: buffered, queued or being processed.");
+
+    private static Histogram<double> Seconds(string name, string description) =>
+        AsyncPatternsDiagnostics.Meter.CreateHistogram<double>(name, "s", description);
+
+    private static Counter<long> Counter(string name, string unit, string description) =>
+        AsyncPatternsDiagnostics.Meter.CreateCounter<long>(name, unit, description);
 
     public static string TriggerName(BatchTrigger trigger) => TriggerNames[(int)trigger];
 

@@ -14,13 +14,7 @@ public sealed class BatcherTests
     public async Task Items_250_with_MaxBatchSize_100_go_as_100_100_and_50_exactly_MaxDelay_after_the_50s_first_item()
     {
         var batches = new ConcurrentQueue<(int[] Items, TimeSpan At)>();
-        await using var batcher = new Batcher<int>(
-            (batch, _) =>
-            {
-                batches.Enqueue((batch.ToArray(), _time.Elapsed));
-                return default;
-            },
-            Options());
+        await using var batcher = Recording(batches, Options());
 
         for (var i = 0; i < 201; i++)
         {
@@ -54,14 +48,8 @@ public sealed class BatcherTests
     [Fact]
     public async Task A_lone_item_goes_after_MaxDelay_and_no_batch_is_ever_empty()
     {
-        var batches = new ConcurrentQueue<int[]>();
-        await using var batcher = new Batcher<int>(
-            (batch, _) =>
-            {
-                batches.Enqueue(batch.ToArray());
-                return default;
-            },
-            Options());
+        var batches = new ConcurrentQueue<(int[] Items, TimeSpan At)>();
+        await using var batcher = Recording(batches, Options());
 
         await batcher.AddAsync(42).WithTimeout();
         _time.Advance(Delay - OneTick);
@@ -72,7 +60,7 @@ public sealed class BatcherTests
         _time.Advance(Delay * 10);
         await batcher.FlushAsync().WithTimeout();
 
-        batches.Should().ContainSingle().Which.Should().Equal(42);
+        batches.Should().ContainSingle().Which.Should().BeEquivalentTo((new[] { 42 }, Delay));
         batcher.GetStatistics().BatchesEmitted.Should().Be(1, "time passing with nothing buffered emits nothing");
     }
 
@@ -80,13 +68,7 @@ public sealed class BatcherTests
     public async Task A_batch_started_after_an_earlier_one_went_by_size_goes_MaxDelay_after_its_own_first_item()
     {
         var batches = new ConcurrentQueue<(int[] Items, TimeSpan At)>();
-        await using var batcher = new Batcher<int>(
-            (batch, _) =>
-            {
-                batches.Enqueue((batch.ToArray(), _time.Elapsed));
-                return default;
-            },
-            Options(o => o.MaxBatchSize = 2));
+        await using var batcher = Recording(batches, Options(o => o.MaxBatchSize = 2));
 
         await batcher.AddAsync(1).WithTimeout(); // the timer is armed for this batch's deadline, t = 1 s
         _time.AdvanceMilliseconds(300);
@@ -482,6 +464,16 @@ public sealed class BatcherTests
             current = seen;
         }
     }
+
+    /// <summary>A batcher that records each batch's items and the fake time at which it was processed.</summary>
+    private Batcher<int> Recording(ConcurrentQueue<(int[] Items, TimeSpan At)> batches, BatcherOptions<int> options) =>
+        new(
+            (batch, _) =>
+            {
+                batches.Enqueue((batch.ToArray(), _time.Elapsed));
+                return default;
+            },
+            options);
 
     private BatcherOptions<int> Options(Action<BatcherOptions<int>>? configure = null)
     {
