@@ -12,9 +12,10 @@ public sealed partial class PriorityScheduler
     /// <remarks>
     /// Work that completes synchronously is followed by the next item on the same thread-pool visit (up to
     /// <see cref="BatchLimit"/> items, then the runner requeues itself to stay fair to other pool work). Work that
-    /// completes asynchronously resumes the runner through a cached continuation that completes the item and, if
-    /// another item is queued, requeues the runner to the thread pool, so the next work never runs on a thread
-    /// that completed someone else's task.
+    /// completes asynchronously resumes the runner through a cached continuation that completes the item and takes
+    /// the next one: on a thread-pool thread it runs it there (as an <c>await</c> loop would); on any other thread
+    /// it requeues the runner to the thread pool, so a UI or dedicated thread that completed the work's task is
+    /// never borrowed.
     /// </remarks>
     internal sealed class Runner : IThreadPoolWorkItem
     {
@@ -44,18 +45,9 @@ public sealed partial class PriorityScheduler
 
         public void Execute()
         {
-            for (var budget = BatchLimit; ;)
+            if (RunCurrent())
             {
-                if (!RunCurrent() || !_owner.TryTakeNext(this))
-                {
-                    return;
-                }
-
-                if (--budget == 0)
-                {
-                    ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
-                    return;
-                }
+                RunFollowing();
             }
         }
 
@@ -211,12 +203,36 @@ public sealed partial class PriorityScheduler
             return Invoke(token);
         }
 
-        // After an asynchronous end: take the next item on a fresh thread-pool visit.
+        // After an asynchronous end. On a thread-pool thread the runner goes on here, as an await loop would; on any
+        // other thread (one that completed the work's task, maybe a UI or dedicated thread) it moves to the pool.
         private void Continue()
         {
-            if (_owner.TryTakeNext(this))
+            if (Thread.CurrentThread.IsThreadPoolThread)
+            {
+                RunFollowing();
+            }
+            else if (_owner.TryTakeNext(this))
             {
                 ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+            }
+        }
+
+        // The current item has finished: run the next ones while they finish synchronously, up to BatchLimit items,
+        // then requeue to stay fair to other thread-pool work.
+        private void RunFollowing()
+        {
+            for (var budget = BatchLimit; _owner.TryTakeNext(this);)
+            {
+                if (--budget == 0)
+                {
+                    ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+                    return;
+                }
+
+                if (!RunCurrent())
+                {
+                    return;
+                }
             }
         }
 
