@@ -47,12 +47,13 @@ internal struct PriorityWorkEntry
 /// <summary>
 /// A min-max heap of <see cref="PriorityWorkEntry"/> ordered by (<see cref="PriorityWorkEntry.Key"/>,
 /// <see cref="PriorityWorkEntry.Sequence"/>): the most urgent entry (to run) and the least urgent one (to evict)
-/// are both found in O(1) and removed in O(log n), in one array with no per-item node.
+/// are both found in O(1) and removed in O(log n), with no per-item node allocation.
 /// </summary>
 /// <remarks>
 /// <para>
-/// Even levels (the root's) hold minima of their subtrees, odd levels maxima (Atkinson et al., 1986). Moves use a
-/// hole instead of swaps, so an entry is copied once per level.
+/// Even levels (the root's) hold minima of their subtrees, odd levels maxima (Atkinson et al., 1986). The heap
+/// itself moves only small <see cref="Node"/>s (key, sequence, slot: 32 bytes); the entries stay put in a slot
+/// array, so a sift copies and compares dense memory. Moves use a hole instead of swaps.
 /// </para>
 /// <para>
 /// Entries cancelled while queued are not removed here at once (that would need every entry to track its index);
@@ -62,14 +63,18 @@ internal struct PriorityWorkEntry
 /// </remarks>
 internal sealed class PriorityWorkHeap
 {
-    private PriorityWorkEntry[] _items = [];
+    private Node[] _nodes = [];
+    private PriorityWorkEntry[] _entries = [];
+    private int[] _freeSlots = [];
+    private int _freeCount;
+    private int _usedSlots;
     private int _count;
 
     /// <summary>Gets the number of entries, cancelled ones included.</summary>
     public int Count => _count;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static bool Less(in PriorityWorkEntry a, in PriorityWorkEntry b) =>
+    private static bool Less(in Node a, in Node b) =>
         a.Key < b.Key || (a.Key == b.Key && a.Sequence < b.Sequence);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -78,51 +83,57 @@ internal sealed class PriorityWorkHeap
     /// <summary>Adds an entry.</summary>
     public void Push(in PriorityWorkEntry entry)
     {
-        if (_count == _items.Length)
+        if (_count == _nodes.Length)
         {
-            Array.Resize(ref _items, Math.Max(16, _items.Length * 2));
+            var size = Math.Max(16, _nodes.Length * 2);
+            Array.Resize(ref _nodes, size);
+            Array.Resize(ref _entries, size);
+            Array.Resize(ref _freeSlots, size);
         }
+
+        var slot = _freeCount > 0 ? _freeSlots[--_freeCount] : _usedSlots++;
+        _entries[slot] = entry;
+        var node = new Node(entry.Key, entry.Sequence, slot);
 
         var index = _count++;
         if (index == 0)
         {
-            _items[0] = entry;
+            _nodes[0] = node;
             return;
         }
 
-        var items = _items;
+        var nodes = _nodes;
         var parent = (index - 1) >> 1;
         if (IsMinLevel(index))
         {
-            if (Less(items[parent], entry))
+            if (Less(nodes[parent], node))
             {
-                items[index] = items[parent];
-                BubbleUpMax(parent, entry);
+                nodes[index] = nodes[parent];
+                BubbleUpMax(parent, node);
             }
             else
             {
-                BubbleUpMin(index, entry);
+                BubbleUpMin(index, node);
             }
         }
-        else if (Less(entry, items[parent]))
+        else if (Less(node, nodes[parent]))
         {
-            items[index] = items[parent];
-            BubbleUpMin(parent, entry);
+            nodes[index] = nodes[parent];
+            BubbleUpMin(parent, node);
         }
         else
         {
-            BubbleUpMax(index, entry);
+            BubbleUpMax(index, node);
         }
     }
 
     /// <summary>Removes and returns the most urgent entry; the heap must not be empty.</summary>
     public void PopMin(out PriorityWorkEntry entry)
     {
-        var items = _items;
-        entry = items[0];
+        var nodes = _nodes;
+        TakeEntry(nodes[0].Slot, out entry);
         var last = --_count;
-        var moved = items[last];
-        items[last] = default;
+        var moved = nodes[last];
         if (last > 0)
         {
             TrickleDownMin(0, moved);
@@ -130,17 +141,16 @@ internal sealed class PriorityWorkHeap
     }
 
     /// <summary>Returns the least urgent entry without removing it; the heap must not be empty.</summary>
-    public ref readonly PriorityWorkEntry PeekMax() => ref _items[MaxIndex()];
+    public ref readonly PriorityWorkEntry PeekMax() => ref _entries[_nodes[MaxIndex()].Slot];
 
     /// <summary>Removes and returns the least urgent entry; the heap must not be empty.</summary>
     public void PopMax(out PriorityWorkEntry entry)
     {
-        var items = _items;
+        var nodes = _nodes;
         var index = MaxIndex();
-        entry = items[index];
+        TakeEntry(nodes[index].Slot, out entry);
         var last = --_count;
-        var moved = items[last];
-        items[last] = default;
+        var moved = nodes[last];
         if (index < last)
         {
             TrickleDownMax(index, moved);
@@ -152,40 +162,53 @@ internal sealed class PriorityWorkHeap
     {
         for (var i = 0; i < _count; i++)
         {
-            into.Add(_items[i]);
+            into.Add(_entries[_nodes[i].Slot]);
         }
 
-        Array.Clear(_items, 0, _count);
+        Array.Clear(_entries, 0, _usedSlots);
         _count = 0;
+        _usedSlots = 0;
+        _freeCount = 0;
     }
 
     /// <summary>Removes every entry that is no longer live and restores the heap order in O(n).</summary>
     public void RemoveDead()
     {
-        var items = _items;
+        var nodes = _nodes;
         var kept = 0;
         for (var i = 0; i < _count; i++)
         {
-            if (items[i].IsLive)
+            var slot = nodes[i].Slot;
+            if (_entries[slot].IsLive)
             {
-                items[kept++] = items[i];
-            }
-        }
-
-        Array.Clear(items, kept, _count - kept);
-        _count = kept;
-        for (var i = (kept >> 1) - 1; i >= 0; i--)
-        {
-            var entry = items[i];
-            if (IsMinLevel(i))
-            {
-                TrickleDownMin(i, entry);
+                nodes[kept++] = nodes[i];
             }
             else
             {
-                TrickleDownMax(i, entry);
+                TakeEntry(slot, out _);
             }
         }
+
+        _count = kept;
+        for (var i = (kept >> 1) - 1; i >= 0; i--)
+        {
+            var node = nodes[i];
+            if (IsMinLevel(i))
+            {
+                TrickleDownMin(i, node);
+            }
+            else
+            {
+                TrickleDownMax(i, node);
+            }
+        }
+    }
+
+    private void TakeEntry(int slot, out PriorityWorkEntry entry)
+    {
+        entry = _entries[slot];
+        _entries[slot] = default;
+        _freeSlots[_freeCount++] = slot;
     }
 
     private int MaxIndex() =>
@@ -193,49 +216,49 @@ internal sealed class PriorityWorkHeap
         {
             1 => 0,
             2 => 1,
-            _ => Less(_items[2], _items[1]) ? 1 : 2,
+            _ => Less(_nodes[2], _nodes[1]) ? 1 : 2,
         };
 
-    private void BubbleUpMin(int index, in PriorityWorkEntry entry)
+    private void BubbleUpMin(int index, Node node)
     {
-        var items = _items;
+        var nodes = _nodes;
         while (index >= 3)
         {
             var grandparent = (((index - 1) >> 1) - 1) >> 1;
-            if (!Less(entry, items[grandparent]))
+            if (!Less(node, nodes[grandparent]))
             {
                 break;
             }
 
-            items[index] = items[grandparent];
+            nodes[index] = nodes[grandparent];
             index = grandparent;
         }
 
-        items[index] = entry;
+        nodes[index] = node;
     }
 
-    private void BubbleUpMax(int index, in PriorityWorkEntry entry)
+    private void BubbleUpMax(int index, Node node)
     {
-        var items = _items;
+        var nodes = _nodes;
         while (index >= 3)
         {
             var grandparent = (((index - 1) >> 1) - 1) >> 1;
-            if (!Less(items[grandparent], entry))
+            if (!Less(nodes[grandparent], node))
             {
                 break;
             }
 
-            items[index] = items[grandparent];
+            nodes[index] = nodes[grandparent];
             index = grandparent;
         }
 
-        items[index] = entry;
+        nodes[index] = node;
     }
 
-    // Places `entry` into the hole at `index` (a min level), moving it down as needed.
-    private void TrickleDownMin(int index, PriorityWorkEntry entry)
+    // Places `node` into the hole at `index` (a min level), moving it down as needed.
+    private void TrickleDownMin(int index, Node node)
     {
-        var items = _items;
+        var nodes = _nodes;
         var count = _count;
         while (true)
         {
@@ -246,7 +269,7 @@ internal sealed class PriorityWorkHeap
             }
 
             var smallest = child;
-            if (child + 1 < count && Less(items[child + 1], items[smallest]))
+            if (child + 1 < count && Less(nodes[child + 1], nodes[smallest]))
             {
                 smallest = child + 1;
             }
@@ -255,39 +278,39 @@ internal sealed class PriorityWorkHeap
             var end = Math.Min(grandchild + 4, count);
             for (var g = grandchild; g < end; g++)
             {
-                if (Less(items[g], items[smallest]))
+                if (Less(nodes[g], nodes[smallest]))
                 {
                     smallest = g;
                 }
             }
 
-            if (!Less(items[smallest], entry))
+            if (!Less(nodes[smallest], node))
             {
                 break;
             }
 
-            items[index] = items[smallest];
+            nodes[index] = nodes[smallest];
             index = smallest;
             if (smallest < grandchild)
             {
                 break;
             }
 
-            // A grandchild moved up; `entry` now sits under a max-level parent it may exceed.
+            // A grandchild moved up; `node` now sits under a max-level parent it may exceed.
             var parent = (smallest - 1) >> 1;
-            if (Less(items[parent], entry))
+            if (Less(nodes[parent], node))
             {
-                (items[parent], entry) = (entry, items[parent]);
+                (nodes[parent], node) = (node, nodes[parent]);
             }
         }
 
-        items[index] = entry;
+        nodes[index] = node;
     }
 
-    // Places `entry` into the hole at `index` (a max level), moving it down as needed.
-    private void TrickleDownMax(int index, PriorityWorkEntry entry)
+    // Places `node` into the hole at `index` (a max level), moving it down as needed.
+    private void TrickleDownMax(int index, Node node)
     {
-        var items = _items;
+        var nodes = _nodes;
         var count = _count;
         while (true)
         {
@@ -298,7 +321,7 @@ internal sealed class PriorityWorkHeap
             }
 
             var largest = child;
-            if (child + 1 < count && Less(items[largest], items[child + 1]))
+            if (child + 1 < count && Less(nodes[largest], nodes[child + 1]))
             {
                 largest = child + 1;
             }
@@ -307,18 +330,18 @@ internal sealed class PriorityWorkHeap
             var end = Math.Min(grandchild + 4, count);
             for (var g = grandchild; g < end; g++)
             {
-                if (Less(items[largest], items[g]))
+                if (Less(nodes[largest], nodes[g]))
                 {
                     largest = g;
                 }
             }
 
-            if (!Less(entry, items[largest]))
+            if (!Less(node, nodes[largest]))
             {
                 break;
             }
 
-            items[index] = items[largest];
+            nodes[index] = nodes[largest];
             index = largest;
             if (largest < grandchild)
             {
@@ -326,12 +349,15 @@ internal sealed class PriorityWorkHeap
             }
 
             var parent = (largest - 1) >> 1;
-            if (Less(entry, items[parent]))
+            if (Less(node, nodes[parent]))
             {
-                (items[parent], entry) = (entry, items[parent]);
+                (nodes[parent], node) = (node, nodes[parent]);
             }
         }
 
-        items[index] = entry;
+        nodes[index] = node;
     }
+
+    /// <summary>What the heap moves: the ordering key, the tie-breaking sequence and where the entry is.</summary>
+    private readonly record struct Node(Int128 Key, long Sequence, int Slot);
 }
