@@ -1,4 +1,4 @@
-// A small service for the graceful-shutdown tests: a producer feeds a queue continuously under HandleSignals, and
+// A small service for the graceful-shutdown tests: a producer feeds a WorkQueue continuously under HandleSignals, and
 // the process ends by itself after a signal, printing a report that accounts for every accepted item.
 //
 //   dotnet AsyncPatterns.ShutdownProbe.dll normal   fast handler; SIGTERM → drain everything, exit 0
@@ -8,10 +8,8 @@
 // Lines on stdout: READY (work is flowing), STOPPING (StoppingToken fired), REPORT key=value ... at the end.
 using System.Globalization;
 using AsyncPatterns;
-using AsyncPatterns.ShutdownProbe;
 
 var slow = args.Length > 0 && args[0] == "slow";
-Console.Out.Flush();
 
 var shutdown = new GracefulShutdown(new GracefulShutdownOptions
 {
@@ -21,7 +19,7 @@ var shutdown = new GracefulShutdown(new GracefulShutdownOptions
 });
 shutdown.StoppingToken.Register(() => Console.WriteLine("STOPPING"));
 
-var queue = new ProbeQueue(
+var queue = new WorkQueue<long>(
     async (_, ct) =>
     {
         if (slow)
@@ -33,11 +31,17 @@ var queue = new ProbeQueue(
             await Task.Yield();
         }
     },
-    capacity: slow ? 2000 : 256);
+    new WorkQueueOptions<long>
+    {
+        Name = "probe-queue",
+        Capacity = slow ? 2000 : 256,
+        MaxConcurrency = slow ? 1 : 2,
+    });
 shutdown.Register(queue);
 
 var ready = slow ? 1000 : 2000; // slow: queued items; normal: handled items
 var readyPrinted = 0;
+long confirmed = 0; // EnqueueAsync calls that returned: the producer's own view of what was accepted
 _ = shutdown.Run(async stopping =>
 {
     long next = 0;
@@ -46,6 +50,7 @@ _ = shutdown.Run(async stopping =>
         try
         {
             await queue.EnqueueAsync(next++, stopping);
+            confirmed++;
         }
         catch (OperationCanceledException)
         {
@@ -56,7 +61,7 @@ _ = shutdown.Run(async stopping =>
             return; // the queue closed
         }
 
-        if ((slow ? queue.Count : queue.Handled) >= ready && Interlocked.Exchange(ref readyPrinted, 1) == 0)
+        if ((slow ? queue.Count : queue.GetStatistics().Handled) >= ready && Interlocked.Exchange(ref readyPrinted, 1) == 0)
         {
             Console.WriteLine("READY");
         }
@@ -74,11 +79,12 @@ if (await Task.WhenAny(shutdown.Completion, limit) == limit)
 var report = await shutdown.Completion;
 await shutdown.DisposeAsync();
 
-// After a drain cut short, the queue may still be dropping what never started: wait until its counts are final.
+// After a drain cut short, handlers that were cancelled may still be finishing: wait until the counts are final.
 await queue.Completion.WaitAsync(TimeSpan.FromSeconds(30));
+var stats = queue.GetStatistics();
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
     $"REPORT reason={report.Reason} timedOut={report.TimedOut} elapsedMs={report.Elapsed.TotalMilliseconds:0} " +
-    $"accepted={queue.Accepted} handled={queue.Handled} failed={queue.Failed} dropped={queue.Dropped} " +
+    $"accepted={stats.Accepted} handled={stats.Handled} failed={stats.Failed} dropped={stats.Dropped} confirmed={Volatile.Read(ref confirmed)} " +
     $"tasksCompleted={report.TasksCompleted} tasksCancelled={report.TasksCancelled} tasksFaulted={report.TasksFaulted} " +
     $"tasksAbandoned={report.TasksAbandoned} errors={report.Errors.Count}"));
 return 0;
