@@ -7,7 +7,7 @@ namespace AsyncPatterns.Samples.ApiGateway;
 /// <summary>Settings for one run of the gateway scenario.</summary>
 /// <param name="Duration">How long clients send requests.</param>
 /// <param name="PermitsPerSecond">The gateway's rate limit (GCRA); clients offer 1.5× this.</param>
-internal sealed record GatewayRunOptions(TimeSpan Duration, double PermitsPerSecond);
+public sealed record GatewayRunOptions(TimeSpan Duration, double PermitsPerSecond);
 
 /// <summary>
 /// The seeds' async API proxy as a real program: clients send a mixed stream of interactive (priority 1) and
@@ -16,12 +16,12 @@ internal sealed record GatewayRunOptions(TimeSpan Duration, double PermitsPerSec
 /// <see cref="GcraRateLimiter"/>, then through retry + a per-upstream <see cref="CircuitBreaker"/> + timeout to a
 /// real HTTP upstream. Ctrl+C or SIGTERM (or the end of the run) starts a <see cref="GracefulShutdown"/>.
 /// </summary>
-internal static class GatewayScenario
+public static class GatewayScenario
 {
-    public static async Task<int> RunAsync(GatewayRunOptions options)
+    public static async Task<int> RunAsync(GatewayRunOptions options, CancellationToken stop = default)
     {
         var (server, baseAddress) = await LocalHttpServer.StartAsync(app => Upstream.Map(app, options.Duration));
-        await using var _ = server;
+        await using var serverLifetime = server;
         Console.WriteLine($"Upstream listening on {baseAddress} (catalog: fast, search: slow, payments: flaky, inventory: down from 30% to 60% of the run)");
         Console.WriteLine($"Gateway: rate limit {options.PermitsPerSecond:0}/s (GCRA), 32 concurrent calls, 100 queued, clients offer {options.PermitsPerSecond * 1.5:0}/s for {options.Duration.TotalSeconds:0} s. Ctrl+C stops gracefully.");
         Console.WriteLine();
@@ -32,6 +32,7 @@ internal static class GatewayScenario
             HandleSignals = true,
             DrainTimeout = TimeSpan.FromSeconds(5),
         });
+        await using var stopping = stop.Register(() => _ = shutdown.ShutdownAsync("stopped by the caller"));
         using var gateway = new Gateway(baseAddress, breakDuration: TimeSpan.FromSeconds(Math.Clamp(options.Duration.TotalSeconds / 10, 0.5, 2)));
         using var limiter = new GcraRateLimiter(new GcraRateLimiterOptions
         {

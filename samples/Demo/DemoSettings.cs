@@ -6,8 +6,8 @@ internal sealed class DemoSettings
     public const string Usage = """
         Usage: dotnet run --project samples/Demo [-- options]
 
-          (no options)   run every section, about 10 seconds in all
-          --quick        run every section briefly, about 2 seconds (a smoke test)
+          (no options)   run every section, about 35 seconds in all
+          --quick        run every section briefly, about 8 seconds (a smoke test)
           --help, -h     print this help
 
         Exit code: 0 when every section's final accounting adds up, 1 when it does not, 2 for bad arguments.
@@ -19,8 +19,6 @@ internal sealed class DemoSettings
 
     public string? Error { get; private init; }
 
-    /// <summary>The time each section gets so that the whole run takes about 10 s (2 s with --quick).</summary>
-    public TimeSpan SectionDuration(int sections) => TimeSpan.FromSeconds((Quick ? 2.0 : 10.0) / Math.Max(1, sections));
 
     public static DemoSettings Parse(string[] args)
     {

@@ -1,8 +1,8 @@
 using AsyncPatterns.Demo;
 
 // AsyncPatterns demo: each section shows one pattern at work and proves its accounting.
-//   dotnet run --project samples/Demo              ~10 s
-//   dotnet run --project samples/Demo -- --quick   ~2 s (CI smoke run)
+//   dotnet run --project samples/Demo              ~35 s
+//   dotnet run --project samples/Demo -- --quick   ~8 s (CI smoke run)
 var settings = DemoSettings.Parse(args);
 if (settings.Error is not null)
 {
@@ -26,12 +26,23 @@ Console.CancelKeyPress += (_, e) =>
     stop.Cancel();
 };
 
-IDemoSection[] sections = [new WorkQueueSection()];
+// Each section with its own running time: about 35 s in all (about 8 s with --quick).
+(IDemoSection Section, TimeSpan Normal, TimeSpan Quick)[] sections =
+[
+    (new WorkQueueSection(), TimeSpan.FromSeconds(8), TimeSpan.FromSeconds(2)),
+    (new JobPipelineSection(), TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(2)),
+    (new ApiGatewaySection(), TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(4)),
+];
 var allGood = true;
-foreach (var section in sections)
+foreach (var (section, normal, quick) in sections)
 {
+    if (stop.IsCancellationRequested)
+    {
+        break;
+    }
+
     Console.WriteLine($"== {section.Title} ==");
-    allGood &= await section.RunAsync(settings.SectionDuration(sections.Length), stop.Token);
+    allGood &= await section.RunAsync(settings.Quick ? quick : normal, stop.Token);
     Console.WriteLine();
 }
 

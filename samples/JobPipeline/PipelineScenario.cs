@@ -8,7 +8,7 @@ namespace AsyncPatterns.Samples.JobPipeline;
 internal sealed record Application(long Id, string Candidate, string Role);
 
 /// <summary>Settings for one run of the pipeline.</summary>
-internal sealed record PipelineRunOptions(TimeSpan Duration, string DatabasePath);
+public sealed record PipelineRunOptions(TimeSpan Duration, string DatabasePath);
 
 /// <summary>
 /// The seeds' job-application pipeline as a real program: producers → a backpressured <see cref="WorkQueue{T}"/>
@@ -16,15 +16,15 @@ internal sealed record PipelineRunOptions(TimeSpan Duration, string DatabasePath
 /// a <see cref="Batcher{T}"/> writing to SQLite, one transaction per batch → <see cref="GracefulShutdown"/>.
 /// At the end it reads the database back and proves every accepted job is stored exactly once.
 /// </summary>
-internal static class PipelineScenario
+public static class PipelineScenario
 {
     private static readonly string[] Roles = ["backend engineer", "data engineer", "SRE", "frontend engineer"];
     private static readonly TimeSpan EnrichmentDeadline = TimeSpan.FromMilliseconds(250);
 
-    public static async Task<int> RunAsync(PipelineRunOptions options)
+    public static async Task<int> RunAsync(PipelineRunOptions options, CancellationToken stop = default)
     {
         var (server, baseAddress) = await LocalHttpServer.StartAsync(EnrichmentService.Map);
-        await using var _ = server;
+        await using var serverLifetime = server;
         await using var store = await JobStore.OpenAsync(options.DatabasePath);
         var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 128 }) { BaseAddress = baseAddress };
         Console.WriteLine($"Enrichment service on {baseAddress}; database {options.DatabasePath}");
@@ -38,6 +38,7 @@ internal static class PipelineScenario
             HandleSignals = true,
             DrainTimeout = TimeSpan.FromSeconds(15),
         });
+        await using var stopping = stop.Register(() => _ = shutdown.ShutdownAsync("stopped by the caller"));
 
         var writer = new Batcher<StoredApplication>(
             async (batch, ct) =>
