@@ -368,4 +368,12 @@ public sealed class CancellationScopeContractTests
         await using var scope = new CancellationScope();
         FluentActions.Invoking(() => { _ = scope.Run((Func<CancellationToken, Task>)null!); }).Should().Throw<ArgumentNullException>();
     }
+
+    [Fact(Skip = "BUG (peer): a zero timeout throws ArgumentOutOfRangeException; asyncio.timeout(0), Trio's fail_after(0) and new CancellationTokenSource(TimeSpan.Zero) all mean 'already expired'")]
+    public async Task A_zero_timeout_means_already_expired_as_in_asyncio_timeout_0()
+    {
+        var thrown = await CatchAsync(CancellationScope.RunAsync(scope => Task.Delay(Timeout.Infinite, scope.Token), TimeSpan.Zero));
+
+        thrown.Should().BeOfType<TimeoutException>();
+    }
 }
