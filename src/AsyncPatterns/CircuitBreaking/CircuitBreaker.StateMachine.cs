@@ -113,7 +113,9 @@ public sealed partial class CircuitBreaker
             handled = true;
         }
 
-        return handled ? OnFailure(permit, exception) : OnIgnored(permit);
+        // As in Polly v8: an exception ShouldHandle declines is a success (the dependency answered), in both
+        // modes; it resets the consecutive count, counts toward the ratio and closes a half-open circuit.
+        return handled ? OnFailure(permit, exception) : OnSuccess(permit);
     }
 
     private bool TryEnterSlow(out int permit, out bool publish, out Exception? rejection)

@@ -25,8 +25,8 @@ public sealed class CircuitBreakerOptions : AsyncPatternsOptions
     /// Gets or sets the number of handled failures in a row that opens the circuit (consecutive mode).
     /// </summary>
     /// <value>The default is 5. Must be greater than 0. Ignored when <see cref="FailureRatio"/> is set.</value>
-    /// <remarks>A success resets the count; an ignored outcome (caller cancellation, an exception
-    /// <see cref="ShouldHandle"/> declines) leaves it unchanged.</remarks>
+    /// <remarks>A success (including an exception <see cref="ShouldHandle"/> declines) resets the count; a
+    /// cancellation through the caller's own token leaves it unchanged.</remarks>
     public int FailureThreshold { get; set; } = 5;
 
     /// <summary>
@@ -79,8 +79,9 @@ public sealed class CircuitBreakerOptions : AsyncPatternsOptions
     /// </value>
     /// <remarks>
     /// A cancellation through the caller's own token is never a failure (nor a success), whatever this predicate says;
-    /// the predicate is asked about every other exception. An exception it declines is ignored: it neither counts as a
-    /// failure nor resets the consecutive count. Should the predicate itself throw, the outcome counts as a failure.
+    /// the predicate is asked about every other exception. An exception it declines counts as a success, as in Polly
+    /// v8 (the dependency answered): it resets the consecutive count, counts toward the ratio and closes a half-open
+    /// circuit. Should the predicate itself throw, the outcome counts as a failure.
     /// Results are never failures: only exceptions are classified.
     /// </remarks>
     public Func<Exception, bool>? ShouldHandle { get; set; }

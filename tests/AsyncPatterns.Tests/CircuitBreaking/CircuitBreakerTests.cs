@@ -310,7 +310,7 @@ public sealed class CircuitBreakerTests
     }
 
     [Fact]
-    public async Task ShouldHandle_decides_what_is_a_failure_and_declined_exceptions_do_not_break_the_run()
+    public async Task ShouldHandle_decides_what_is_a_failure_and_a_declined_exception_counts_as_a_success()
     {
         var breaker = Create(_clock, o =>
         {
@@ -322,11 +322,13 @@ public sealed class CircuitBreakerTests
         await breaker.Invoking(b => b.ExecuteAsync<int>(_ => throw new ArgumentException("declined")).AsTask())
             .Should().ThrowAsync<ArgumentException>();
         breaker.State.Should().Be(CircuitState.Closed);
-        breaker.GetStatistics().ConsecutiveFailures.Should().Be(1, "a declined exception is not a success either");
+        breaker.GetStatistics().ConsecutiveFailures.Should().Be(0, "as in Polly v8, a declined exception is a success and resets the run");
 
         await breaker.FailAsync();
+        breaker.State.Should().Be(CircuitState.Closed);
+        await breaker.FailAsync();
         breaker.State.Should().Be(CircuitState.Open);
-        breaker.GetStatistics().IgnoredOutcomes.Should().Be(1);
+        breaker.GetStatistics().Successes.Should().Be(1);
     }
 
     [Fact]
@@ -421,7 +423,7 @@ public sealed class CircuitBreakerTests
         var stats = breaker.GetStatistics();
 
         stats.State.Should().Be(CircuitState.Open);
-        (stats.Successes, stats.Failures, stats.IgnoredOutcomes, stats.Rejections, stats.TimesOpened).Should().Be((2L, 3L, 1L, 1L, 1L));
+        (stats.Successes, stats.Failures, stats.IgnoredOutcomes, stats.Rejections, stats.TimesOpened).Should().Be((3L, 3L, 0L, 1L, 1L));
         stats.ConsecutiveFailures.Should().Be(3);
         stats.HalfOpenTrialsInFlight.Should().Be(0);
     }

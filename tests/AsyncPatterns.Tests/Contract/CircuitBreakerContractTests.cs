@@ -326,7 +326,7 @@ public sealed class CircuitBreakerContractTests
     /// DESIGN: ratio mode is "the same rule as Polly v8". In Polly v8 an exception that ShouldHandle declines is an
     /// unhandled outcome, which Polly records as a success (it adds to the throughput and lowers the ratio).
     /// </summary>
-    [Fact(Skip = "BUG: ratio mode ignores outcomes ShouldHandle declines; Polly v8 counts them as successes, so the two open at different times")]
+    [Fact]
     public async Task Ratio_mode_matches_Polly_when_ShouldHandle_declines_an_exception()
     {
         var pollyState = new CircuitBreakerStateProvider();
