@@ -89,11 +89,11 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
         Guard.Positive(options.MaxDelay, nameof(options.MaxDelay));
         Guard.Positive(options.MaxConcurrentBatches, nameof(options.MaxConcurrentBatches));
         Guard.PositiveOrInfinite(options.DrainTimeout, nameof(options.DrainTimeout));
-        var capacity = options.Capacity == 0 ? (int)Math.Min(10L * options.MaxBatchSize, int.MaxValue) : options.Capacity;
+        var capacity = options.Capacity; // 10 × MaxBatchSize unless set
         if (capacity < options.MaxBatchSize)
         {
             Guard.ThrowOutOfRange(
-                nameof(options.Capacity), options.Capacity, $"0 (meaning 10 × MaxBatchSize) or at least MaxBatchSize ({options.MaxBatchSize})");
+                nameof(options.Capacity), options.Capacity, $"at least MaxBatchSize ({options.MaxBatchSize})");
         }
 
         if (options.MaxBatchWeight.HasValue != (options.WeightSelector is not null))

@@ -34,10 +34,16 @@ public sealed class BatcherOptions<T> : AsyncPatternsOptions
     /// before <c>AddAsync</c>/<c>SubmitAsync</c> waits for a batch to finish.
     /// </summary>
     /// <value>
-    /// The default is 0, which means 10 × <see cref="MaxBatchSize"/>. Otherwise it must be at least
-    /// <see cref="MaxBatchSize"/>, so that a full batch always fits.
+    /// The default is 10 × <see cref="MaxBatchSize"/> (it follows <see cref="MaxBatchSize"/> until set; setting 0
+    /// restores that default). Must be at least <see cref="MaxBatchSize"/>, so that a full batch always fits.
     /// </value>
-    public int Capacity { get; set; }
+    public int Capacity
+    {
+        get => _capacity == 0 ? (int)Math.Min(10L * MaxBatchSize, int.MaxValue) : _capacity;
+        set => _capacity = value;
+    }
+
+    private int _capacity;
 
     /// <summary>Gets or sets how many batches may be processed at the same time.</summary>
     /// <value>The default is 1, which also keeps items in order within and across batches. Must be greater than 0.</value>
