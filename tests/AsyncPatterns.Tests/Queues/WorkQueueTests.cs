@@ -173,6 +173,93 @@ public sealed class WorkQueueTests
     }
 
     [Fact]
+    public async Task A_handler_result_that_completed_synchronously_is_observed_exactly_once_like_an_await()
+    {
+        // Items 0..11 cycle through: a completed source-backed ValueTask, a faulted source-backed one, a
+        // ValueTask.FromException, and an asynchronously completing handler. The worker must read each source's
+        // result exactly once (that is what releases a pooled IValueTaskSource) and count every outcome.
+        var sources = new ConcurrentQueue<CountingValueTaskSource>();
+        var handled = new ConcurrentQueue<int>();
+        var errors = new ConcurrentQueue<(int Item, string Message)>();
+        var queue = new WorkQueue<int>(
+            (item, _) =>
+            {
+                switch (item % 4)
+                {
+                    case 0:
+                        handled.Enqueue(item);
+                        return Completed(sources, error: null);
+                    case 1:
+                        return Completed(sources, new InvalidOperationException("source " + item));
+                    case 2:
+                        return ValueTask.FromException(new InvalidOperationException("faulted " + item));
+                    default:
+                        return HandleLaterAsync(item);
+                }
+            },
+            new WorkQueueOptions<int> { Capacity = 16, MaxConcurrency = 1, OnError = (item, error) => errors.Enqueue((item, error.Message)) });
+
+        for (var i = 0; i < 12; i++)
+        {
+            await queue.EnqueueAsync(i).WithTimeout();
+        }
+
+        await queue.DrainAsync().WithTimeout();
+
+        handled.Should().Equal(0, 3, 4, 7, 8, 11);
+        errors.Should().Equal((1, "source 1"), (2, "faulted 2"), (5, "source 5"), (6, "faulted 6"), (9, "source 9"), (10, "faulted 10"));
+        sources.Should().HaveCount(6).And.OnlyContain(s => s.GetResultCalls == 1);
+        queue.GetStatistics().Should().Match<WorkQueueStatistics>(s => s.Accepted == 12 && s.Handled == 6 && s.Failed == 6 && s.Dropped == 0 && s.InFlight == 0);
+
+        async ValueTask HandleLaterAsync(int item)
+        {
+            await Task.Yield();
+            handled.Enqueue(item);
+        }
+    }
+
+    private static ValueTask Completed(ConcurrentQueue<CountingValueTaskSource> sources, Exception? error)
+    {
+        var source = new CountingValueTaskSource();
+        sources.Enqueue(source);
+        return source.Complete(error);
+    }
+
+    /// <summary>An <see cref="IValueTaskSource"/> completed before it is returned; counts the reads of its result.</summary>
+    private sealed class CountingValueTaskSource : System.Threading.Tasks.Sources.IValueTaskSource
+    {
+        private System.Threading.Tasks.Sources.ManualResetValueTaskSourceCore<bool> _core;
+        private int _getResultCalls;
+
+        public int GetResultCalls => Volatile.Read(ref _getResultCalls);
+
+        public ValueTask Complete(Exception? error)
+        {
+            if (error is null)
+            {
+                _core.SetResult(true);
+            }
+            else
+            {
+                _core.SetException(error);
+            }
+
+            return new ValueTask(this, _core.Version);
+        }
+
+        public void GetResult(short token)
+        {
+            Interlocked.Increment(ref _getResultCalls);
+            _core.GetResult(token);
+        }
+
+        public System.Threading.Tasks.Sources.ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+        public void OnCompleted(Action<object?> continuation, object? state, short token, System.Threading.Tasks.Sources.ValueTaskSourceOnCompletedFlags flags) =>
+            _core.OnCompleted(continuation, state, token, flags);
+    }
+
+    [Fact]
     public async Task A_hanging_handler_does_not_hold_DrainAsync_past_its_token()
     {
         var hang = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
