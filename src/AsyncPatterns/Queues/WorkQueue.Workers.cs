@@ -141,7 +141,7 @@ public sealed partial class WorkQueue<T>
         {
             try
             {
-                lease = await limiter.AcquireAsync(1, token).ConfigureAwait(false);
+                lease = await RateLimiterPacing.AcquirePacedAsync(limiter, _timeProvider, token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (token.IsCancellationRequested)
             {

@@ -187,8 +187,9 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
     /// <exception cref="InvalidOperationException">The queue is closed (the message names it); also when it closes during the wait.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> fired before the item was accepted.</exception>
     /// <remarks>
-    /// Waiting producers are served in order. An already-cancelled token returns a cancelled task without adding
-    /// the item. With a drop mode, the item a full queue drops goes to <see cref="WorkQueueOptions{T}.OnDropped"/>
+    /// Waiting producers compete for room as it frees (like <c>WaitToWriteAsync</c> + <c>TryWrite</c> on a channel),
+    /// so the token only ever abandons the wait: when this method throws <see cref="OperationCanceledException"/>, the
+    /// item was not accepted. An already-cancelled token returns a cancelled task without adding the item. With a drop mode, the item a full queue drops goes to <see cref="WorkQueueOptions{T}.OnDropped"/>
     /// (with <see cref="BoundedChannelFullMode.DropWrite"/> that is this item, and the call still completes).
     /// </remarks>
     public ValueTask EnqueueAsync(T item, CancellationToken cancellationToken = default)
@@ -341,36 +342,50 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask EnqueueSlowAsync(T item, CancellationToken cancellationToken)
     {
-        if (IsClosed)
-        {
-            Guard.ThrowClosed(Kind, _context.Name);
-        }
-
         // Only Wait mode gets here with the queue open (the drop modes always make room): this is the backpressure.
+        // The token must only ever cancel the wait, never an item that went in. BoundedChannel.WriteAsync(item, ct)
+        // does not guarantee that on .NET 10 (cancellation racing a reader that frees room can throw
+        // OperationCanceledException although the item was written: about 2% of rounds in a stress repro), so wait
+        // for room and then TryWrite, which is atomic; a producer that loses the room to another one waits again.
+        var waited = false;
         try
         {
-            var write = _writer.WriteAsync(item, cancellationToken);
-            if (write.IsCompleted)
+            while (true)
             {
-                await write.ConfigureAwait(false);
-            }
-            else
-            {
-                Interlocked.Increment(ref _enqueueWaits);
-                Interlocked.Increment(ref _waitingProducers);
-                try
+                if (IsClosed)
                 {
-                    await write.ConfigureAwait(false);
+                    Guard.ThrowClosed(Kind, _context.Name);
                 }
-                finally
+
+                if (_writer.TryWrite(item))
                 {
-                    Interlocked.Decrement(ref _waitingProducers);
+                    break;
+                }
+
+                var wait = _writer.WaitToWriteAsync(cancellationToken);
+                if (!wait.IsCompleted && !waited)
+                {
+                    waited = true;
+                    Interlocked.Increment(ref _enqueueWaits);
+                    Interlocked.Increment(ref _waitingProducers);
+                }
+
+                if (!await wait.ConfigureAwait(false))
+                {
+                    Guard.ThrowClosed(Kind, _context.Name);
                 }
             }
         }
         catch (ChannelClosedException)
         {
             Guard.ThrowClosed(Kind, _context.Name);
+        }
+        finally
+        {
+            if (waited)
+            {
+                Interlocked.Decrement(ref _waitingProducers);
+            }
         }
 
         RecordAccepted();

@@ -42,9 +42,12 @@ public sealed class WorkQueueOptions<T> : AsyncPatternsOptions
     /// <value>The default is <see langword="null"/>: no limit beyond <see cref="MaxConcurrency"/>.</value>
     /// <remarks>
     /// The lease is disposed after the handler (and the pipeline) finish, so a concurrency limiter shared with other
-    /// code bounds them together. Give the limiter a queue (<c>QueueLimit</c> at least <see cref="MaxConcurrency"/>)
-    /// so that workers wait for permits: a lease that is refused fails its item with
-    /// <see cref="RateLimitRejectedException"/> (passed to <see cref="OnError"/>). The queue does not dispose the limiter.
+    /// code bounds them together. Work is paced, not failed: a worker waits in the limiter's queue, and a refused lease
+    /// that says when to retry (<c>RetryAfter</c>, as a <see cref="GcraRateLimiter"/> with no queue gives) is waited out
+    /// on the <see cref="AsyncPatternsOptions.TimeProvider"/> and asked for again. Only a lease refused without
+    /// <c>RetryAfter</c> (for example a <see cref="System.Threading.RateLimiting.ConcurrencyLimiter"/> whose queue is
+    /// full) fails its item with <see cref="RateLimitRejectedException"/> (passed to <see cref="OnError"/>). The queue
+    /// does not dispose the limiter.
     /// </remarks>
     public RateLimiter? RateLimiter { get; set; }
 

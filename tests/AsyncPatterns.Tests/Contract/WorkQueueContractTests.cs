@@ -335,7 +335,7 @@ public sealed class WorkQueueContractTests
         await queue.Completion.WithTimeout();
     }
 
-    [Fact(Skip = "BUG: a RateLimiter without its own queue (GCRA default QueueLimit 0) fails items with RateLimitRejectedException instead of pacing them; DESIGN says a permit is taken per item before the handler runs")]
+    [Fact]
     public async Task A_rate_limiter_paces_the_handler_instead_of_failing_items()
     {
         var clock = new ManualTimeProvider();
