@@ -218,12 +218,16 @@ public sealed class CancellationScopeContractTests
         var first = new FormatException("first");
         var second = new InvalidOperationException("second, during cleanup");
 
+        // The second child fails only once the first is running: a child cancelled before it starts is never
+        // invoked (as in asyncio), so without this the test would depend on thread-pool timing.
+        var firstRunning = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var thrown = await CatchAsync(CancellationScope.RunAsync(scope =>
         {
             scope.Run(async ct =>
             {
                 try
                 {
+                    firstRunning.SetResult();
                     await Task.Delay(Timeout.Infinite, ct);
                 }
                 catch (OperationCanceledException)
@@ -231,7 +235,11 @@ public sealed class CancellationScopeContractTests
                     throw second;
                 }
             });
-            scope.Run(_ => ThrowingChildAsync(first));
+            scope.Run(async _ =>
+            {
+                await firstRunning.Task;
+                await ThrowingChildAsync(first);
+            });
             return Task.CompletedTask;
         }));
 
