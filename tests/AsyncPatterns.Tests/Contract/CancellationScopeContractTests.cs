@@ -189,12 +189,14 @@ public sealed class CancellationScopeContractTests
         var error = new FormatException("first");
         var siblingCancelled = false;
 
+        var siblingRunning = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var thrown = await CatchAsync(CancellationScope.RunAsync(scope =>
         {
             scope.Run(async ct =>
             {
                 try
                 {
+                    siblingRunning.SetResult();
                     await Task.Delay(Timeout.Infinite, ct);
                 }
                 catch (OperationCanceledException)
@@ -203,7 +205,11 @@ public sealed class CancellationScopeContractTests
                     throw;
                 }
             });
-            scope.Run(_ => ThrowingChildAsync(error));
+            scope.Run(async _ =>
+            {
+                await siblingRunning.Task; // a child cancelled before it starts is never invoked (as in asyncio)
+                await ThrowingChildAsync(error);
+            });
             return Task.CompletedTask;
         }));
 
