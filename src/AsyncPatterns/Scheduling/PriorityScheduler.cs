@@ -55,7 +55,7 @@ public sealed partial class PriorityScheduler : IDrainable, IAsyncDisposable
     private readonly Int128 _agingStamps;
     private readonly long _origin;
     private readonly RateLimiter? _rateLimiter;
-    private readonly PriorityWorkHeap _queue = new();
+    private readonly PriorityWorkQueue _queue;
     private readonly Stack<Runner> _idleRunners = new();
     private readonly CancellationTokenSource _abort = new();
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -99,6 +99,9 @@ public sealed partial class PriorityScheduler : IDrainable, IAsyncDisposable
             _agingStamps = stamps > 0 ? stamps : 1;
             _origin = _context.TimeProvider.GetTimestamp();
         }
+
+        // Aging gives every item its own key; without it each priority is one first-in-first-out lane.
+        _queue = _aging ? new PriorityWorkHeap() : new PriorityWorkLanes();
 
         PrioritySchedulerMetrics.Register(this);
     }
