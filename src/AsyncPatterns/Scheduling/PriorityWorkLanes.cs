@@ -16,13 +16,17 @@ namespace AsyncPatterns;
 /// </para>
 /// <para>
 /// Cancelled entries are skipped by the owner as with the heap, and <see cref="RemoveDead"/> compacts the lanes.
-/// Empty lanes are kept for reuse (up to <see cref="MaxIdleLanes"/>). Not thread-safe: the owner guards it with its lock.
+/// Empty lanes are kept for reuse (those of priorities 0–63 always, others up to <see cref="MaxIdleLanes"/>). Not thread-safe: the owner guards it with its lock.
 /// </para>
 /// </remarks>
 internal sealed class PriorityWorkLanes : PriorityWorkQueue
 {
     private const int MaxIdleLanes = 256;
 
+    // Priorities 0 to DirectLanes - 1, the usual ones, find their lane by index; others through the dictionary.
+    private const int DirectLanes = 64;
+
+    private readonly Lane?[] _direct = new Lane?[DirectLanes];
     private readonly Dictionary<long, Lane> _lanes = [];
     private Lane?[] _heap = new Lane?[8];
     private int _heapCount;
@@ -39,16 +43,24 @@ internal sealed class PriorityWorkLanes : PriorityWorkQueue
     public override void Push(in PriorityWorkEntry entry)
     {
         var key = (long)entry.Key;
-        var lane = _lastLane;
-        if (lane is null || lane.Key != key)
+        Lane? lane;
+        if ((ulong)key < DirectLanes)
         {
-            if (!_lanes.TryGetValue(key, out lane))
+            lane = _direct[key] ??= new Lane(key);
+        }
+        else
+        {
+            lane = _lastLane;
+            if (lane is null || lane.Key != key)
             {
-                lane = new Lane(key);
-                _lanes.Add(key, lane);
-            }
+                if (!_lanes.TryGetValue(key, out lane))
+                {
+                    lane = new Lane(key);
+                    _lanes.Add(key, lane);
+                }
 
-            _lastLane = lane;
+                _lastLane = lane;
+            }
         }
 
         if (lane.Count == 0)
@@ -137,7 +149,7 @@ internal sealed class PriorityWorkLanes : PriorityWorkQueue
     // An emptied lane stays for reuse unless too many distinct priorities have been seen.
     private void Retire(Lane lane)
     {
-        if (_lanes.Count > MaxIdleLanes)
+        if ((ulong)lane.Key >= DirectLanes && _lanes.Count > MaxIdleLanes)
         {
             _lanes.Remove(lane.Key);
             if (ReferenceEquals(_lastLane, lane))
