@@ -40,7 +40,8 @@ namespace AsyncPatterns;
 /// </para>
 /// <para>
 /// <b>Cost.</b> Queuing an item allocates its task and task source only (plus a cancellation link when its token can be
-/// cancelled); the queue is a min-max heap over one array.
+/// cancelled). Without aging the queue is one first-in-first-out ring buffer per priority, so queuing and taking an item
+/// are O(1); with aging it is a min-max heap over one array.
 /// </para>
 /// <para>Thread-safety: every member is safe to call concurrently from any thread.</para>
 /// </remarks>
