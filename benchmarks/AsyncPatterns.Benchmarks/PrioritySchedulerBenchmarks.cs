@@ -11,7 +11,9 @@ namespace AsyncPatterns.Benchmarks;
 /// <item><description>baseline: <c>Channel.CreateUnboundedPrioritized</c> read by N reader loops that complete a
 /// <see cref="TaskCompletionSource{TResult}"/> per item (unbounded, no FIFO among equal priorities);</description></item>
 /// <item><description>the seeds' naive scheduler: a lock around a <see cref="PriorityQueue{TElement, TPriority}"/>
-/// and a <see cref="SemaphoreSlim"/> for the cap, one pump per item.</description></item>
+/// and a <see cref="SemaphoreSlim"/> for the cap, one pump per item started with <see cref="Task.Run(Func{Task})"/>
+/// (as the seeds' <c>asyncio.create_task</c>: scheduled, never run inline on the submitter), which waits for a slot and
+/// then runs the most urgent queued item.</description></item>
 /// </list>
 /// <c>Sync</c> work measures the scheduling overhead alone; <c>Yield</c> work (one thread-pool hop, and the work's own
 /// async state machine, the same in every variant) is the usual case: asynchronous work queued faster than it runs.
@@ -140,7 +142,7 @@ public class PrioritySchedulerBenchmarks
 
     private readonly record struct ChannelItem(int Priority, Func<CancellationToken, ValueTask<int>> Work, TaskCompletionSource<int> Source);
 
-    /// <summary>The seeds' approach: a lock, a priority queue and a semaphore for the cap; one pump per submission.</summary>
+    /// <summary>The seeds' approach: a lock, a priority queue and a semaphore for the cap; one pump task per submission.</summary>
     private sealed class NaivePriorityScheduler(int maxConcurrency)
     {
         private readonly object _gate = new();
@@ -156,7 +158,8 @@ public class PrioritySchedulerBenchmarks
                 _queue.Enqueue((work, source), (priority, _sequence++));
             }
 
-            _ = PumpAsync();
+            // As the seeds' asyncio.create_task: the pump is scheduled to run later, never inline on the submitter.
+            _ = Task.Run(PumpAsync);
             return source.Task;
         }
 

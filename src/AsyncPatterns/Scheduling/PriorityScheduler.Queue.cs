@@ -335,11 +335,11 @@ public sealed partial class PriorityScheduler
     {
         if (error is null)
         {
-            Interlocked.Increment(ref _handled);
+            Interlocked.Increment(ref _ends.Handled);
         }
         else
         {
-            Interlocked.Increment(ref _failed);
+            Interlocked.Increment(ref _ends.Failed);
             PrioritySchedulerLog.WorkFailed(_context.Logger, _context.Name, error);
         }
     }

@@ -61,7 +61,7 @@ internal struct PriorityWorkEntry
 /// the owner guards it with its lock.
 /// </para>
 /// </remarks>
-internal sealed class PriorityWorkHeap
+internal sealed class PriorityWorkHeap : PriorityWorkQueue
 {
     private Node[] _nodes = [];
     private PriorityWorkEntry[] _entries = [];
@@ -70,8 +70,8 @@ internal sealed class PriorityWorkHeap
     private int _usedSlots;
     private int _count;
 
-    /// <summary>Gets the number of entries, cancelled ones included.</summary>
-    public int Count => _count;
+    /// <inheritdoc/>
+    public override int Count => _count;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool Less(in Node a, in Node b) =>
@@ -80,8 +80,8 @@ internal sealed class PriorityWorkHeap
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool IsMinLevel(int index) => (BitOperations.Log2((uint)index + 1) & 1) == 0;
 
-    /// <summary>Adds an entry.</summary>
-    public void Push(in PriorityWorkEntry entry)
+    /// <inheritdoc/>
+    public override void Push(in PriorityWorkEntry entry)
     {
         if (_count == _nodes.Length)
         {
@@ -127,8 +127,8 @@ internal sealed class PriorityWorkHeap
         }
     }
 
-    /// <summary>Removes and returns the most urgent entry; the heap must not be empty.</summary>
-    public void PopMin(out PriorityWorkEntry entry)
+    /// <inheritdoc/>
+    public override void PopMin(out PriorityWorkEntry entry)
     {
         var nodes = _nodes;
         TakeEntry(nodes[0].Slot, out entry);
@@ -140,11 +140,11 @@ internal sealed class PriorityWorkHeap
         }
     }
 
-    /// <summary>Returns the least urgent entry without removing it; the heap must not be empty.</summary>
-    public ref readonly PriorityWorkEntry PeekMax() => ref _entries[_nodes[MaxIndex()].Slot];
+    /// <inheritdoc/>
+    public override ref readonly PriorityWorkEntry PeekMax() => ref _entries[_nodes[MaxIndex()].Slot];
 
-    /// <summary>Removes and returns the least urgent entry; the heap must not be empty.</summary>
-    public void PopMax(out PriorityWorkEntry entry)
+    /// <inheritdoc/>
+    public override void PopMax(out PriorityWorkEntry entry)
     {
         var nodes = _nodes;
         var index = MaxIndex();
@@ -157,8 +157,8 @@ internal sealed class PriorityWorkHeap
         }
     }
 
-    /// <summary>Removes every entry, handing each to <paramref name="into"/>.</summary>
-    public void Clear(List<PriorityWorkEntry> into)
+    /// <inheritdoc/>
+    public override void Clear(List<PriorityWorkEntry> into)
     {
         for (var i = 0; i < _count; i++)
         {
@@ -171,8 +171,8 @@ internal sealed class PriorityWorkHeap
         _freeCount = 0;
     }
 
-    /// <summary>Removes every entry that is no longer live and restores the heap order in O(n).</summary>
-    public void RemoveDead()
+    /// <inheritdoc/>
+    public override void RemoveDead()
     {
         var nodes = _nodes;
         var kept = 0;
