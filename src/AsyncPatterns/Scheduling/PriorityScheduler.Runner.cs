@@ -146,7 +146,7 @@ public sealed partial class PriorityScheduler
             Task<RateLimitLease> permit;
             try
             {
-                permit = limiter.AcquireAsync(1, token).AsTask();
+                permit = RateLimiterPacing.AcquirePacedAsync(limiter, _owner._context.TimeProvider, token).AsTask();
             }
             catch (Exception exception)
             {

@@ -35,7 +35,9 @@ namespace AsyncPatterns;
 /// <para>
 /// <b>Rate limiting.</b> With <see cref="PrioritySchedulerOptions.RateLimiter"/> set, an item acquires one permit after
 /// it leaves the queue and before its work starts, holding its concurrency slot while it waits (so permits go out in
-/// priority order). The permit's lease is disposed when the work ends. A refused permit faults the item's task with
+/// priority order). The permit's lease is disposed when the work ends. Work is paced, not failed: a refused lease that
+/// says when to retry (<c>RetryAfter</c>, as a <see cref="GcraRateLimiter"/> with no queue gives) is waited out and the
+/// permit asked for again; only a lease refused without <c>RetryAfter</c> faults the item's task with
 /// <see cref="RateLimitRejectedException"/>.
 /// </para>
 /// <para>
@@ -130,7 +132,7 @@ public sealed partial class PriorityScheduler : IDrainable, IAsyncDisposable
     /// <returns>
     /// A task with the work's result. It is cancelled if the item is cancelled before it starts (or dropped by a
     /// cut-short drain), faults with <see cref="WorkRejectedException"/> if the item is refused or evicted because the
-    /// queue is full, faults with <see cref="RateLimitRejectedException"/> if the rate limiter refuses its permit, and
+    /// queue is full, faults with <see cref="RateLimitRejectedException"/> if the rate limiter refuses its permit for good, and
     /// otherwise ends as the work ends (an <see cref="OperationCanceledException"/> from the work cancels it).
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="work"/> is <see langword="null"/>.</exception>

@@ -5,10 +5,12 @@ namespace AsyncPatterns;
 /// </summary>
 /// <remarks>
 /// <para>
-/// Every accepted item ends in exactly one outcome, so at any moment
-/// <c>Accepted == Handled + Failed + Canceled + Evicted + Dropped + QueuedCount + RunningCount</c>
-/// (up to the moment an item moves between two of them while the snapshot is taken), and once the scheduler is
-/// drained <c>Accepted == Handled + Failed + Canceled + Evicted + Dropped</c>. <see cref="Rejected"/> items were never
+/// Every accepted item ends in exactly one outcome: handled, failed, or dropped — and <see cref="Dropped"/> breaks
+/// down into <see cref="Canceled"/> (by the caller before it started), <see cref="Evicted"/> (by a more urgent item)
+/// and <see cref="Abandoned"/> (a drain was cut short). So at any moment
+/// <c>Accepted == Handled + Failed + Dropped + QueuedCount + RunningCount</c> (up to the moment an item moves between
+/// two of them while the snapshot is taken), and once the scheduler is drained
+/// <c>Accepted == Handled + Failed + Dropped</c>, as for every primitive. <see cref="Rejected"/> items were never
 /// accepted.
 /// </para>
 /// <para>The counters are read one by one without a lock: a snapshot taken while work runs is not atomic.</para>
@@ -31,7 +33,8 @@ public sealed class PrioritySchedulerStatistics
         Failed = failed;
         Canceled = canceled;
         Evicted = evicted;
-        Dropped = dropped;
+        Abandoned = dropped;
+        Dropped = canceled + evicted + dropped;
         Rejected = rejected;
         QueuedCount = queuedCount;
         RunningCount = runningCount;
@@ -55,8 +58,14 @@ public sealed class PrioritySchedulerStatistics
     /// <summary>Gets the number of queued items evicted by a more urgent item while the queue was full.</summary>
     public long Evicted { get; }
 
-    /// <summary>Gets the number of accepted items that never started because a drain was cut short.</summary>
+    /// <summary>
+    /// Gets the number of accepted items that never ran: <see cref="Canceled"/> + <see cref="Evicted"/> +
+    /// <see cref="Abandoned"/>.
+    /// </summary>
     public long Dropped { get; }
+
+    /// <summary>Gets the number of accepted items that never started because a drain was cut short.</summary>
+    public long Abandoned { get; }
 
     /// <summary>Gets the number of submissions refused because the queue was full of more urgent work (not accepted).</summary>
     public long Rejected { get; }

@@ -135,7 +135,7 @@ public sealed class PrioritySchedulerRateLimiterTests
 
         waiting.IsCanceled.Should().BeTrue();
         queued.IsCanceled.Should().BeTrue();
-        scheduler.GetStatistics().Dropped.Should().Be(2);
+        scheduler.GetStatistics().Abandoned.Should().Be(2);
     }
 
     /// <summary>

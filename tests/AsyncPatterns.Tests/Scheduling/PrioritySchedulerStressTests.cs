@@ -114,7 +114,7 @@ public sealed class PrioritySchedulerStressTests
         statistics.Failed.Should().Be(failed);
         statistics.Canceled.Should().Be(canceled);
         (statistics.Evicted + statistics.Rejected).Should().Be(shed);
-        statistics.Dropped.Should().Be(0);
+        statistics.Abandoned.Should().Be(0);
         (statistics.Accepted + statistics.Rejected).Should().Be(total);
         (statistics.Handled + statistics.Failed + statistics.Canceled + statistics.Evicted).Should().Be(statistics.Accepted);
         statistics.QueuedCount.Should().Be(0);

@@ -340,10 +340,10 @@ public sealed class PrioritySchedulerTests
         await scheduler.Completion.WithTimeout();
         Volatile.Read(ref invoked).Should().Be(0);
         var statistics = scheduler.GetStatistics();
-        statistics.Dropped.Should().Be(5);
+        statistics.Abandoned.Should().Be(5);
         statistics.Failed.Should().Be(1);
         statistics.QueuedCount.Should().Be(0);
-        (statistics.Handled + statistics.Failed + statistics.Canceled + statistics.Evicted + statistics.Dropped)
+        (statistics.Handled + statistics.Failed + statistics.Dropped)
             .Should().Be(statistics.Accepted);
     }
 
@@ -367,7 +367,7 @@ public sealed class PrioritySchedulerTests
         queued.IsCanceled.Should().BeTrue();
         await FluentActions.Awaiting(() => blocker.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
         await scheduler.Completion.WithTimeout();
-        scheduler.GetStatistics().Dropped.Should().Be(1);
+        scheduler.GetStatistics().Abandoned.Should().Be(1);
     }
 
     [Fact]
@@ -407,10 +407,10 @@ public sealed class PrioritySchedulerTests
         var statistics = scheduler.GetStatistics();
         statistics.Should().BeEquivalentTo(new
         {
-            Accepted = 5L, Handled = 2L, Failed = 1L, Canceled = 1L, Evicted = 1L, Dropped = 0L, Rejected = 1L,
+            Accepted = 5L, Handled = 2L, Failed = 1L, Canceled = 1L, Evicted = 1L, Abandoned = 0L, Dropped = 2L, Rejected = 1L,
             QueuedCount = 0, RunningCount = 0,
         });
-        (statistics.Handled + statistics.Failed + statistics.Canceled + statistics.Evicted + statistics.Dropped)
+        (statistics.Handled + statistics.Failed + statistics.Dropped)
             .Should().Be(statistics.Accepted);
         failing.Exception!.InnerException.Should().BeOfType<InvalidOperationException>();
         evictedVictim.Exception!.InnerException.Should().BeOfType<WorkRejectedException>();

@@ -250,7 +250,7 @@ public class GracefulShutdownPrimitivesTests
         report.Errors.Should().BeEmpty();
         stats.Accepted.Should().Be(results.Count);
         stats.Handled.Should().Be(stats.Accepted, "every accepted item ran");
-        (stats.Failed + stats.Canceled + stats.Evicted + stats.Dropped + stats.Rejected).Should().Be(0);
+        (stats.Failed + stats.Dropped + stats.Rejected).Should().Be(0);
         stats.QueuedCount.Should().Be(0);
         Volatile.Read(ref ran).Should().Be((int)stats.Accepted);
         results.Should().OnlyContain(t => t.IsCompletedSuccessfully);
