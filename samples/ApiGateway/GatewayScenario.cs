@@ -132,7 +132,7 @@ public static class GatewayScenario
         var totalOk = classes.Sum(c => c.Succeeded);
         var limiterStats = limiter.GetStatistics();
         Console.WriteLine();
-        Console.WriteLine($"Achieved rate: {totalOk / elapsed.TotalSeconds:0.0} ok/s against a limit of {options.PermitsPerSecond:0}/s; rate limiter granted {limiterStats?.TotalSuccessfulLeases ?? 0}, refused {limiterStats?.TotalFailedLeases ?? 0}.");
+        Console.WriteLine($"Achieved rate: {totalOk / elapsed.TotalSeconds:0.0} ok/s against a limit of {options.PermitsPerSecond:0}/s; rate limiter granted {limiterStats?.TotalSuccessfulLeases ?? 0} permits and told callers to wait {limiterStats?.TotalFailedLeases ?? 0} times (paced by RetryAfter, no request refused).");
         Console.WriteLine($"Shutdown: {report.Reason}, {report.Elapsed.TotalMilliseconds:0} ms, timed out: {report.TimedOut}, errors: {report.Errors.Count}.");
 
         var issued = classes.Sum(c => c.Issued);

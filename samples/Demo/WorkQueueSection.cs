@@ -53,8 +53,9 @@ internal sealed class WorkQueueSection : IDemoSection
             var waiting = queue.Count;
             Console.WriteLine();
             Console.WriteLine($"Producers stopped after {clock.Elapsed.TotalSeconds:0.0} s; draining the {waiting} jobs still waiting...");
+            var drainStarted = clock.Elapsed;
             await queue.DrainAsync();
-            Console.WriteLine($"Drained in {clock.Elapsed.TotalSeconds:0.0} s.");
+            Console.WriteLine($"Drained in {(clock.Elapsed - drainStarted).TotalSeconds:0.00} s.");
             return PrintAccounting(queue.GetStatistics());
         }
     }
