@@ -126,7 +126,7 @@ public static class GatewayScenario
                 r.Attempts.ToString(CultureInfo.InvariantCulture),
                 r.Retries.ToString(CultureInfo.InvariantCulture),
                 r.Breaker.State.ToString(),
-                r.Transitions.IsEmpty ? "-" : string.Join(", ", r.Transitions),
+                r.Transitions.IsEmpty ? "-" : string.Join(", ", r.Transitions.GroupBy(t => t).Select(g => $"{g.Key} ×{g.Count()}")),
             }));
 
         var totalOk = classes.Sum(c => c.Succeeded);
