@@ -1,6 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
-using System.Runtime.CompilerServices;
 using System.Threading.RateLimiting;
 
 namespace AsyncPatterns;
@@ -178,26 +177,6 @@ public sealed class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwner
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="permitCount"/> is greater than <c>Burst</c>.</exception>
     /// <exception cref="ObjectDisposedException">The limiter was disposed.</exception>
     protected override RateLimitLease AttemptAcquireCore(int permitCount)
-    {
-        // The fast path: one clock read and one compare-and-swap. Anything unusual (0 permits, too many, disposed,
-        // waiters ahead, not conforming now, a lost race) goes the general way, which reads the clock again.
-        if (permitCount > 0 && permitCount <= _burst && !_disposed
-            && (Volatile.Read(ref _queuedPermits) == 0 || _order == QueueProcessingOrder.NewestFirst))
-        {
-            long now = Now();
-            long tat = Volatile.Read(ref _tat);
-            long newTat = Math.Max(tat, now) + (permitCount * _interval);
-            if (newTat - _tolerance <= now && Interlocked.CompareExchange(ref _tat, newTat, tat) == tat)
-            {
-                return Granted(permitCount);
-            }
-        }
-
-        return AttemptAcquireSlow(permitCount);
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private RateLimitLease AttemptAcquireSlow(int permitCount)
     {
         if (permitCount > _burst)
         {
