@@ -19,7 +19,6 @@ public sealed partial class CancellationScope
             throw NotAcceptingException();
         }
 
-        Interlocked.Increment(ref _accepted);
         if (_maxConcurrency == int.MaxValue)
         {
             Schedule(child);
@@ -61,10 +60,10 @@ public sealed partial class CancellationScope
 
     private bool TryAddActive()
     {
-        var current = Volatile.Read(ref _active);
-        while (current != 0)
+        var current = Interlocked.Read(ref _state);
+        while (LiveOf(current) != 0)
         {
-            var seen = Interlocked.CompareExchange(ref _active, current + 1, current);
+            var seen = Interlocked.CompareExchange(ref _state, current + 1, current);
             if (seen == current)
             {
                 return true;
@@ -127,8 +126,7 @@ public sealed partial class CancellationScope
         if (userTask is { IsCompletedSuccessfully: true })
         {
             child.TrySucceed(userTask);
-            Interlocked.Increment(ref _succeeded);
-            ChildEnded(wasRunning: true);
+            ChildEnded(wasRunning: true, succeeded: true);
             return;
         }
 
@@ -214,7 +212,7 @@ public sealed partial class CancellationScope
         ChildEnded(wasRunning: false);
     }
 
-    private void ChildEnded(bool wasRunning)
+    private void ChildEnded(bool wasRunning, bool succeeded = false)
     {
         if (wasRunning && _maxConcurrency != int.MaxValue)
         {
@@ -238,16 +236,43 @@ public sealed partial class CancellationScope
             }
         }
 
+        if (succeeded)
+        {
+            // Counts the success and releases the child's hold in one atomic step; the low half never borrows (it is
+            // at least 1 here), and a carry out of the high half is a wrap of the success count.
+            var state = Interlocked.Add(ref _state, SucceededOne - 1);
+            if (SucceededOf32(state) == 0)
+            {
+                Interlocked.Increment(ref _succeededWraps);
+            }
+
+            if (LiveOf(state) == 0)
+            {
+                Finish();
+            }
+
+            return;
+        }
+
         ReleaseActive();
     }
 
     private void ReleaseActive()
     {
-        if (Interlocked.Decrement(ref _active) == 0)
+        if (LiveOf(Interlocked.Decrement(ref _state)) == 0)
         {
             Finish();
         }
     }
+
+    /// <summary>The low half of <see cref="_state"/>: live children, plus 1 while the owner holds the scope.</summary>
+    private static long LiveOf(long state) => (uint)state;
+
+    /// <summary>The high half of <see cref="_state"/>: successes modulo 2^32.</summary>
+    private static long SucceededOf32(long state) => (long)((ulong)state >> 32);
+
+    /// <summary>Every success so far (read from a <see cref="_state"/> snapshot and the wrap count).</summary>
+    private long SucceededOf(long state) => (Interlocked.Read(ref _succeededWraps) << 32) + SucceededOf32(state);
 
     /// <summary>Returns true when this call cancelled the scope (the first reason wins).</summary>
     private bool CancelInternal(CancelReason reason)
@@ -345,7 +370,7 @@ public sealed partial class CancellationScope
 
         if (_context.Logger.IsEnabled(LogLevel.Debug))
         {
-            var succeeded = Interlocked.Read(ref _succeeded);
+            var succeeded = SucceededOf(Interlocked.Read(ref _state));
             var failedCount = Interlocked.Read(ref _failed);
             var cancelled = Interlocked.Read(ref _cancelled);
             CancellationScopeLog.Ended(_context.Logger, _context.Name, outcome, duration, succeeded, failedCount, cancelled);

@@ -52,6 +52,9 @@ public sealed partial class CancellationScope : IAsyncDisposable
 {
     private const string PrimitiveName = "CancellationScope";
 
+    /// <summary>One success in the high half of <see cref="_state"/>.</summary>
+    private const long SucceededOne = 1L << 32;
+
     private static readonly PrimitiveContext DefaultContext =
         PrimitiveContext.Create(null, PrimitiveName, typeof(CancellationScope).FullName!);
 
@@ -68,9 +71,13 @@ public sealed partial class CancellationScope : IAsyncDisposable
     private readonly ITimer? _timer;
     private readonly CancellationTokenRegistration _callerRegistration;
 
-    // Live children + 1 while the owner (the await-using block or RunAsync's body) holds the scope open.
-    // 0 means finished: Run is refused. Children may start siblings while the owner waits, as in Trio.
-    private int _active = 1;
+    // One word, so the hot path pays one atomic per child on each side (Run: a CAS; a child that succeeds: one Add):
+    // low 32 bits  = live children + 1 while the owner (the await-using block or RunAsync's body) holds the scope
+    //                open; 0 means finished: Run is refused. Children may start siblings while the owner waits, as in Trio.
+    // high 32 bits = children that succeeded, modulo 2^32 (_succeededWraps counts the wraps).
+    // Accepted is derived (Succeeded + Failed + Cancelled + live) instead of being a second counter Run increments.
+    private long _state = 1;
+    private long _succeededWraps;
     private int _ownerReleased;
     private int _reason;
 
@@ -81,9 +88,7 @@ public sealed partial class CancellationScope : IAsyncDisposable
     // Under _lock: failures in the order they happened.
     private List<Exception>? _failures;
 
-    private long _accepted;
     private long _started;
-    private long _succeeded;
     private long _failed;
     private long _cancelled;
 
@@ -272,18 +277,21 @@ public sealed partial class CancellationScope : IAsyncDisposable
             waiting = _waiting?.Count ?? 0;
         }
 
-        var succeeded = Interlocked.Read(ref _succeeded);
+        // The state before the owner flag: a hold released in between is then counted once (as live), never missed.
+        var state = Interlocked.Read(ref _state);
+        var ownerHold = Volatile.Read(ref _ownerReleased) == 0 ? 1 : 0;
+        var live = Math.Max(0, LiveOf(state) - ownerHold);
+        var succeeded = SucceededOf(state);
         var failed = Interlocked.Read(ref _failed);
         var cancelled = Interlocked.Read(ref _cancelled);
-        var accepted = Interlocked.Read(ref _accepted);
         return new CancellationScopeStatistics
         {
-            Accepted = accepted,
+            Accepted = succeeded + failed + cancelled + live,
             Started = Interlocked.Read(ref _started),
             Succeeded = succeeded,
             Failed = failed,
             Cancelled = cancelled,
-            Pending = Math.Max(0, accepted - succeeded - failed - cancelled),
+            Pending = live,
             Waiting = waiting,
         };
     }
