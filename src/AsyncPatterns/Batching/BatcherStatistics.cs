@@ -65,4 +65,19 @@ public sealed record BatcherStatistics
 
     /// <summary>Gets the number of batches emitted by <c>DrainAsync</c>/<c>DisposeAsync</c>.</summary>
     public long BatchesByDrain { get; init; }
+
+    /// <summary>Gets <see cref="ItemsAccepted"/>, under the name every primitive's statistics use.</summary>
+    public long Accepted => ItemsAccepted;
+
+    /// <summary>Gets <see cref="ItemsProcessed"/>, under the name every primitive's statistics use.</summary>
+    public long Handled => ItemsProcessed;
+
+    /// <summary>Gets <see cref="ItemsFailed"/>, under the name every primitive's statistics use.</summary>
+    public long Failed => ItemsFailed;
+
+    /// <summary>
+    /// Gets <see cref="ItemsDropped"/>, under the name every primitive's statistics use: once drained,
+    /// <c>Accepted == Handled + Failed + Dropped</c>.
+    /// </summary>
+    public long Dropped => ItemsDropped;
 }
