@@ -239,22 +239,9 @@ public sealed class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiter
             {
                 granted = GrantLocked(permitCount, _timeProvider.GetTimestamp());
             }
-            else if (_queueLimit - _queue.PermitCount < permitCount)
+            else if (!_queue.TryMakeRoom(permitCount, _queueLimit, _order, ref evicted))
             {
-                if (_order == QueueProcessingOrder.NewestFirst && permitCount <= _queueLimit)
-                {
-                    do
-                    {
-                        var oldest = _queue.Head!;
-                        _queue.Remove(oldest);
-                        evicted.Add(oldest);
-                    }
-                    while (_queueLimit - _queue.PermitCount < permitCount);
-                }
-                else
-                {
-                    refused = true;
-                }
+                refused = true;
             }
 
             if (granted is null && !refused)

@@ -333,22 +333,9 @@ public sealed class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwner
             {
                 immediate = Granted(permitCount);
             }
-            else if (_queueLimit - _queue.PermitCount < permitCount)
+            else if (!_queue.TryMakeRoom(permitCount, _queueLimit, _order, ref evicted))
             {
-                if (_order == QueueProcessingOrder.NewestFirst && permitCount <= _queueLimit)
-                {
-                    do
-                    {
-                        var oldest = _queue.Head!;
-                        _queue.Remove(oldest);
-                        evicted.Add(oldest);
-                    }
-                    while (_queueLimit - _queue.PermitCount < permitCount);
-                }
-                else
-                {
-                    immediate = Refuse(permitCount, now, _queue.PermitCount);
-                }
+                immediate = Refuse(permitCount, now, _queue.PermitCount);
             }
 
             if (immediate is null)

@@ -154,6 +154,34 @@ internal sealed class RateLimiterWaiterQueue
         PermitCount -= waiter.PermitCount;
     }
 
+    /// <summary>
+    /// Makes room for <paramref name="permitCount"/> queued permits within <paramref name="queueLimit"/>, as the BCL
+    /// limiters do: with <see cref="QueueProcessingOrder.NewestFirst"/> the oldest waiters are unlinked into
+    /// <paramref name="evicted"/> (to be failed after the lock is released). Returns false when the request must be
+    /// refused instead.
+    /// </summary>
+    public bool TryMakeRoom(int permitCount, int queueLimit, QueueProcessingOrder order, ref RateLimiterWaiterBatch evicted)
+    {
+        if (queueLimit - PermitCount >= permitCount)
+        {
+            return true;
+        }
+
+        if (order != QueueProcessingOrder.NewestFirst || permitCount > queueLimit)
+        {
+            return false;
+        }
+
+        do
+        {
+            var oldest = Head!;
+            Remove(oldest);
+            evicted.Add(oldest);
+        }
+        while (queueLimit - PermitCount < permitCount);
+        return true;
+    }
+
     /// <summary>Unlinks every waiter in processing order, for Dispose.</summary>
     public List<RateLimiterWaiter> RemoveAll(QueueProcessingOrder order)
     {
