@@ -165,6 +165,26 @@ public abstract class RateLimiterContractTests
     }
 
     [Fact]
+    public async Task NewestFirst_counts_each_evicted_waiter_as_a_failed_lease()
+    {
+        using var limiter = Create(2, queueLimit: 2, QueueProcessingOrder.NewestFirst);
+        Hold(limiter.AttemptAcquire(2));
+        var first = limiter.AcquireAsync().AsTask();
+        var second = limiter.AcquireAsync().AsTask();
+        long failedBefore = limiter.GetStatistics()!.TotalFailedLeases;
+
+        // A request for two permits needs both queued places: both waiters go, each one a failed lease.
+        var big = limiter.AcquireAsync(2).AsTask();
+
+        (await first.WithTimeout()).IsAcquired.Should().BeFalse();
+        (await second.WithTimeout()).IsAcquired.Should().BeFalse();
+        big.IsCompleted.Should().BeFalse();
+        var statistics = limiter.GetStatistics()!;
+        statistics.TotalFailedLeases.Should().Be(failedBefore + 2);
+        statistics.CurrentQueuedCount.Should().Be(2);
+    }
+
+    [Fact]
     public async Task NewestFirst_never_evicts_for_a_request_larger_than_the_queue()
     {
         using var limiter = Create(2, queueLimit: 1, QueueProcessingOrder.NewestFirst);
