@@ -190,6 +190,26 @@ public sealed class CircuitBreakerPeerTests
         (await twin.CallAsync(CallOutcome.Succeed)).Should().BeNull();
     }
 
+    // Polly: CloseCircuit_NeedsLock reports OnClosed only when the prior state was not closed. (A second Isolate is where
+    // we differ, documented: Polly reports a second opening, we report nothing.)
+    [Fact]
+    public async Task Reset_of_a_closed_circuit_and_Isolate_of_an_isolated_one_report_no_change()
+    {
+        var clock = new ManualTimeProvider();
+        var changes = new List<(CircuitState From, CircuitState To)>();
+        var breaker = Create(clock, o => o.OnStateChanged = c => { changes.Add((c.PreviousState, c.NewState)); return default; });
+        await breaker.FailTimesAsync(2);
+
+        breaker.Reset();
+        breaker.Isolate();
+        breaker.Isolate();
+        breaker.Reset();
+        breaker.Reset();
+
+        changes.Should().Equal((CircuitState.Closed, CircuitState.Isolated), (CircuitState.Isolated, CircuitState.Closed));
+        breaker.GetStatistics().ConsecutiveFailures.Should().Be(0, "Reset of a closed circuit still clears its count");
+    }
+
     // Polly: RollingHealthMetricsTests.GetHealthInfo_EnsureWindowRespected and AdvancedCircuitBehavior: the ratio is
     // evaluated only when a failure is recorded while closed.
     [Fact]
