@@ -9,7 +9,8 @@ namespace AsyncPatterns;
 //
 // A call holds a permit: 0 for a call admitted while closed, otherwise the half-open trial generation it was admitted
 // in. Only permits of the current generation drive a half-open circuit, so trials abandoned as hung, or admitted before
-// an Isolate/Reset, change nothing when they finally finish.
+// an Isolate/Reset, never close or re-open it. As in Polly, an outcome that arrives while the circuit is closed counts as
+// a closed-state outcome whoever admitted it (a trial that outlived a Reset, or a sibling trial of the one that closed it).
 public sealed partial class CircuitBreaker
 {
     private const long MaxTimestampSpan = long.MaxValue / 4;
@@ -72,9 +73,9 @@ public sealed partial class CircuitBreaker
             CircuitBreakerMetrics.Calls.Add(1, _context.NameTag, CircuitBreakerMetrics.Success);
         }
 
-        if (permit != 0)
+        if (permit != 0 && TryFinishTrial(permit, TrialOutcome.Success, exception: null, out var publish))
         {
-            return OnTrialFinished(permit, TrialOutcome.Success, exception: null);
+            return publish;
         }
 
         if (_health is null)
@@ -217,9 +218,9 @@ public sealed partial class CircuitBreaker
             CircuitBreakerMetrics.Calls.Add(1, _context.NameTag, CircuitBreakerMetrics.Failure);
         }
 
-        if (permit != 0)
+        if (permit != 0 && TryFinishTrial(permit, TrialOutcome.Failure, exception, out var publish))
         {
-            return OnTrialFinished(permit, TrialOutcome.Failure, exception);
+            return publish;
         }
 
         if (_health is null)
@@ -267,7 +268,7 @@ public sealed partial class CircuitBreaker
             CircuitBreakerMetrics.Calls.Add(1, _context.NameTag, CircuitBreakerMetrics.Ignored);
         }
 
-        return permit != 0 && OnTrialFinished(permit, TrialOutcome.Ignored, exception: null);
+        return permit != 0 && TryFinishTrial(permit, TrialOutcome.Ignored, exception: null, out var publish) && publish;
     }
 
     private void RecordRatioSuccess()
@@ -285,28 +286,39 @@ public sealed partial class CircuitBreaker
         }
     }
 
-    private bool OnTrialFinished(int permit, TrialOutcome outcome, Exception? exception)
+    /// <summary>
+    /// Applies a trial's outcome. Returns false when the circuit has closed meanwhile (Reset, or a sibling trial's
+    /// success): the caller then counts the outcome as a closed-state one, as Polly counts every outcome that arrives while
+    /// closed. <paramref name="publish"/>: a state change must be published.
+    /// </summary>
+    private bool TryFinishTrial(int permit, TrialOutcome outcome, Exception? exception, out bool publish)
     {
+        publish = false;
         lock (_lock)
         {
             if (_state != (int)CircuitState.HalfOpen || permit != _trialGeneration)
             {
-                return false; // abandoned, or the circuit moved on (Isolate/Reset): changes nothing
+                // Abandoned, or the circuit moved on: a stale trial never moves a half-open, open or isolated circuit.
+                return _state != (int)CircuitState.Closed;
             }
 
             var now = _timeProvider.GetTimestamp();
             switch (outcome)
             {
                 case TrialOutcome.Success:
-                    return MoveToLocked(CircuitState.Closed, CircuitStateChangeReason.TrialSucceeded, exception: null, now);
+                    publish = MoveToLocked(CircuitState.Closed, CircuitStateChangeReason.TrialSucceeded, exception: null, now);
+                    break;
 
                 case TrialOutcome.Failure:
-                    return MoveToLocked(CircuitState.Open, CircuitStateChangeReason.TrialFailed, exception, now);
+                    publish = MoveToLocked(CircuitState.Open, CircuitStateChangeReason.TrialFailed, exception, now);
+                    break;
 
                 default:
                     _trialsInFlight--; // frees the slot for another trial
-                    return false;
+                    break;
             }
+
+            return true;
         }
     }
 

@@ -26,12 +26,16 @@ namespace AsyncPatterns;
 /// <para>
 /// <b>Half-open</b>: up to <see cref="CircuitBreakerOptions.HalfOpenMaxCalls"/> trial calls run at once and other calls
 /// are refused (<see cref="BrokenCircuitException"/>); a trial success closes the circuit, a trial failure re-opens it
-/// for a full <see cref="CircuitBreakerOptions.BreakDuration"/>. A trial that ends neither way (cancelled by its caller,
-/// or an exception <see cref="CircuitBreakerOptions.ShouldHandle"/> declines) frees its slot for another trial. If the
-/// slots are all taken for a whole <see cref="CircuitBreakerOptions.BreakDuration"/> (trials that hang), the next call
-/// is admitted as a new trial and the outcomes of the abandoned trials are ignored. Only outcomes of the current trials
-/// drive a half-open circuit; a call admitted while the circuit was closed that finishes during half-open is counted in
-/// the statistics but changes nothing.
+/// for a full <see cref="CircuitBreakerOptions.BreakDuration"/>. An exception <see cref="CircuitBreakerOptions.ShouldHandle"/>
+/// declines is a success here too, so it closes the circuit (as in Polly). A trial cancelled through its caller's own token
+/// frees its slot for another trial. While every slot is taken, refusals carry
+/// <see cref="BrokenCircuitException.RetryAfter"/> = the time left until <see cref="CircuitBreakerOptions.BreakDuration"/>
+/// has passed since the circuit went half-open (Polly's value). If the slots are all taken for that whole
+/// <see cref="CircuitBreakerOptions.BreakDuration"/> (trials that hang), the next call is admitted as a new trial and the
+/// abandoned trials can no longer close or re-open the circuit. Only outcomes of the current trials drive a half-open
+/// circuit; a call admitted while the circuit was closed that finishes during half-open is counted in the statistics but
+/// changes nothing. An outcome that arrives while the circuit is closed counts as a closed-state outcome whoever admitted
+/// it (as in Polly): for example a trial that was still running when <see cref="Reset"/> closed the circuit.
 /// </para>
 /// <para>
 /// <b>Isolated</b>: <see cref="Isolate"/> holds the circuit open (<see cref="IsolatedCircuitException"/>) until
@@ -40,10 +44,18 @@ namespace AsyncPatterns;
 /// <para>
 /// Where this differs from Polly v8, on purpose: consecutive mode (Polly v8 has only the ratio rule);
 /// <see cref="CircuitBreakerOptions.HalfOpenMaxCalls"/> greater than 1 (Polly admits one trial); the hung-trial recovery
-/// above (Polly stays half-open, refusing every call, until its one trial returns); a trial that is cancelled or throws
-/// an exception not handled frees its slot (Polly stays half-open); and late outcomes of non-trial calls are ignored
-/// while half-open (Polly lets them close or re-open the circuit). With <c>HalfOpenMaxCalls = 1</c> and trials that
-/// complete, ratio mode makes the same decisions as Polly for the same sequence of calls and clock readings.
+/// above (Polly stays half-open, refusing every call with a <see cref="BrokenCircuitException.RetryAfter"/> that turns
+/// negative, until its one trial returns); late outcomes of non-trial calls are ignored while half-open (Polly lets them
+/// close or re-open the circuit); the refusal's <see cref="Exception.InnerException"/> is the failure that opened the
+/// circuit (Polly replaces it with any later handled failure of a call that was already running); refusal messages name
+/// the breaker; and cancellation, below. Polly's default predicate declines every
+/// <see cref="OperationCanceledException"/>, so in Polly a cancelled call counts as a success (it adds to the ratio sample
+/// and a cancelled trial closes the circuit), while an <see cref="OperationCanceledException"/> the caller did not ask
+/// for (an inner timeout) is never a failure. Here, as DESIGN.md says, only a cancellation through the caller's own token
+/// is exempt: it is neither a failure nor a success (it is left out of the ratio sample and a cancelled trial frees its
+/// slot), and any other <see cref="OperationCanceledException"/> is a failure by default. With <c>HalfOpenMaxCalls = 1</c>,
+/// trials that complete and no caller cancellations, ratio mode makes the same decisions as Polly for the same sequence
+/// of calls, <see cref="Isolate"/>/<see cref="Reset"/> calls and clock readings (checked side by side in the tests).
 /// </para>
 /// <para>
 /// Cancellation: an <see cref="OperationCanceledException"/> while the caller's own token is cancelled is neither a
@@ -316,8 +328,9 @@ public sealed partial class CircuitBreaker
 
     /// <summary>Holds the circuit open until <see cref="Reset"/>: calls are refused with <see cref="IsolatedCircuitException"/>.</summary>
     /// <remarks>
-    /// Works from every state; calls already running finish and are counted, but their outcomes change nothing. Isolating
-    /// an isolated circuit does nothing. <see cref="CircuitBreakerOptions.OnStateChanged"/> is invoked before this method
+    /// Works from every state; calls already running finish and are counted in the statistics, but their outcomes do not
+    /// move the isolated circuit. Isolating an isolated circuit does nothing (Polly reports a second opening).
+    /// Refusals while isolated are <see cref="IsolatedCircuitException"/> with no <see cref="BrokenCircuitException.RetryAfter"/>. <see cref="CircuitBreakerOptions.OnStateChanged"/> is invoked before this method
     /// returns when it completes synchronously; an asynchronous callback finishes in the background. Thread-safe.
     /// </remarks>
     public void Isolate()
@@ -334,8 +347,9 @@ public sealed partial class CircuitBreaker
 
     /// <summary>Closes the circuit now, from every state, and clears its failure count or sample.</summary>
     /// <remarks>
-    /// Resetting a closed circuit clears its counts without reporting a state change. Trials still running are abandoned:
-    /// their outcomes change nothing. <see cref="CircuitBreakerOptions.OnStateChanged"/> is invoked as for <see cref="Isolate"/>.
+    /// Resetting a closed circuit clears its counts without reporting a state change (as Polly's manual close does).
+    /// Trials still running are abandoned as trials: their outcomes arrive in a closed circuit and count like any closed-state
+    /// outcome (as in Polly), but can never close or re-open a later half-open circuit. <see cref="CircuitBreakerOptions.OnStateChanged"/> is invoked as for <see cref="Isolate"/>.
     /// Thread-safe.
     /// </remarks>
     public void Reset()

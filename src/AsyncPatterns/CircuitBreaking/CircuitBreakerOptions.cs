@@ -37,19 +37,26 @@ public sealed class CircuitBreakerOptions : AsyncPatternsOptions
     /// The default is <see langword="null"/>: consecutive mode. When set, must be greater than 0 and at most 1
     /// (Polly also accepts 0, which would open on any sample; we refuse it as a mistake).
     /// </value>
+    /// <remarks>
+    /// As in Polly v8, the rule is checked only when a handled failure is recorded while the circuit is closed: a success
+    /// never opens the circuit, and a sample whose share of failures rises because successes aged out of it opens only at
+    /// the next failure. Refused calls are not sampled, and the sample is emptied whenever the circuit closes (including
+    /// <see cref="CircuitBreaker.Reset"/> of a closed circuit).
+    /// </remarks>
     public double? FailureRatio { get; set; }
 
     /// <summary>
     /// Gets or sets how many calls must have run within <see cref="SamplingDuration"/> before the failure ratio can open
     /// the circuit (ratio mode only).
     /// </summary>
-    /// <value>The default is 10. Must be 2 or greater, as in Polly.</value>
+    /// <value>The default is 10 (Polly's is 100). Must be 2 or greater, as in Polly.</value>
     public int MinimumThroughput { get; set; } = 10;
 
     /// <summary>
     /// Gets or sets the sliding period over which the failure ratio is measured (ratio mode only).
     /// </summary>
-    /// <value>The default is 30 seconds. Must be greater than <see cref="TimeSpan.Zero"/>.</value>
+    /// <value>The default is 30 seconds (as in Polly). Must be greater than <see cref="TimeSpan.Zero"/>; Polly also requires
+    /// 0.5 s to 1 day, we accept any positive period.</value>
     /// <remarks>
     /// As in Polly v8, a period of 200 ms or more is split into 10 windows of a tenth of it each, a window starting at
     /// the first call after the previous one ended and leaving the sample once it started a full period ago; a shorter
@@ -61,7 +68,8 @@ public sealed class CircuitBreakerOptions : AsyncPatternsOptions
     /// Gets or sets how long the circuit stays open before it admits trial calls; also how long a half-open circuit waits
     /// for its trial calls before it admits new ones.
     /// </summary>
-    /// <value>The default is 60 seconds. Must be greater than <see cref="TimeSpan.Zero"/>.</value>
+    /// <value>The default is 60 seconds (Polly's is 5 s). Must be greater than <see cref="TimeSpan.Zero"/>; Polly also
+    /// requires 0.5 s to 1 day, we accept any positive duration (a huge one saturates instead of overflowing).</value>
     public TimeSpan BreakDuration { get; set; } = TimeSpan.FromSeconds(60);
 
     /// <summary>
@@ -79,7 +87,10 @@ public sealed class CircuitBreakerOptions : AsyncPatternsOptions
     /// </value>
     /// <remarks>
     /// A cancellation through the caller's own token is never a failure (nor a success), whatever this predicate says;
-    /// the predicate is asked about every other exception. An exception it declines counts as a success, as in Polly
+    /// the predicate is asked about every other exception. This default differs from Polly v8's, which declines every
+    /// <see cref="OperationCanceledException"/> (so an inner timeout's <see cref="TaskCanceledException"/> is a success
+    /// there and a failure here, as DESIGN.md specifies); to get Polly's behaviour, set
+    /// <c>ShouldHandle = ex =&gt; ex is not OperationCanceledException</c>. An exception it declines counts as a success, as in Polly
     /// v8 (the dependency answered): it resets the consecutive count, counts toward the ratio and closes a half-open
     /// circuit. Should the predicate itself throw, the outcome counts as a failure.
     /// Results are never failures: only exceptions are classified.

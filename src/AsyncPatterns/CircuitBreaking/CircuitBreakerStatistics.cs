@@ -39,7 +39,8 @@ public sealed class CircuitBreakerStatistics
     /// <summary>Gets the state when the snapshot was taken (see <see cref="CircuitBreaker.State"/>).</summary>
     public CircuitState State { get; }
 
-    /// <summary>Gets the number of calls that ran and completed without an exception.</summary>
+    /// <summary>Gets the number of calls that ran and completed without an exception, or with one that
+    /// <see cref="CircuitBreakerOptions.ShouldHandle"/> declined.</summary>
     public long Successes { get; }
 
     /// <summary>Gets the number of calls that ran and threw an exception counted as a failure.</summary>
@@ -47,7 +48,8 @@ public sealed class CircuitBreakerStatistics
 
     /// <summary>
     /// Gets the number of calls that ran and ended neither in success nor in failure: cancelled through the caller's
-    /// own token, or threw an exception that <see cref="CircuitBreakerOptions.ShouldHandle"/> declined.
+    /// own token. (An exception <see cref="CircuitBreakerOptions.ShouldHandle"/> declines is counted in
+    /// <see cref="Successes"/>, as in Polly v8.)
     /// </summary>
     public long IgnoredOutcomes { get; }
 
