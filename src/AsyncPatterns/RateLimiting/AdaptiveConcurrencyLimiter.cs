@@ -48,6 +48,15 @@ namespace AsyncPatterns;
 /// <see cref="QueueProcessingOrder.NewestFirst"/> evicts the oldest waiter (failed lease) when full; a cancelled
 /// waiter leaves at once; dispose gives waiters a failed lease.
 /// </para>
+/// <para>
+/// <b>Leases and metadata</b> are those of <see cref="ConcurrencyLimiter"/> too: a request refused because the queue
+/// is full gets a lease whose <see cref="MetadataName.ReasonPhrase"/> is <c>"Queue limit reached"</c>; other refused
+/// leases (no slot free and no queue, evicted, disposed) carry no metadata, and none carries
+/// <see cref="MetadataName.RetryAfter"/> (a concurrency limiter cannot know when a slot frees). Every lease's
+/// <see cref="RateLimitLease.MetadataNames"/> lists <see cref="MetadataName.ReasonPhrase"/>, the one name its leases
+/// may carry. Statistics count as <see cref="ConcurrencyLimiter"/>'s do: a zero-permit request is a lease, an evicted
+/// waiter a failed one, a cancelled waiter neither.
+/// </para>
 /// <para>Thread-safety: every member is safe to call from any number of threads at once.</para>
 /// </remarks>
 public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimiterWaiterOwner
@@ -207,7 +216,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
             }
         }
 
-        return lease is null ? Refused(permitCount) : Granted(lease, permitCount);
+        return lease is null ? Refused(permitCount, RateLimitingLease.ConcurrencyRefused) : Granted(lease, permitCount);
     }
 
     /// <inheritdoc />
@@ -259,7 +268,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
 
         if (!evicted.IsEmpty)
         {
-            long evictedPermits = evicted.CompleteAll(RateLimitingLease.Refused);
+            long evictedPermits = evicted.CompleteAll(RateLimitingLease.ConcurrencyRefused);
             Interlocked.Add(ref _failedLeases, evicted.Count);
             RateLimitingMetrics.RecordRefused(evictedPermits, _context.NameTag);
             RateLimitingLog.WaiterEvicted(_context.Logger, _context.Name, (int)evictedPermits);
@@ -273,7 +282,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
 
         if (refused)
         {
-            return new ValueTask<RateLimitLease>(Refused(permitCount));
+            return new ValueTask<RateLimitLease>(Refused(permitCount, RateLimitingLease.ConcurrencyQueueFull));
         }
 
         if (waiter!.CanceledWhileRegistering)
@@ -331,15 +340,16 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
     private bool MayTakeNowLocked(int permitCount) =>
         (_order == QueueProcessingOrder.NewestFirst || _queue.PermitCount == 0) && CanGrantLocked(permitCount);
 
+    // Subtraction, not addition: _inFlight + permitCount can overflow when the limit is near int.MaxValue.
     private bool CanGrantLocked(int permitCount) =>
-        permitCount == 0 ? _inFlight < _limit : _inFlight + permitCount <= _limit || _inFlight == 0;
+        permitCount == 0 ? _inFlight < _limit : permitCount <= _limit - _inFlight || _inFlight == 0;
 
     private RateLimitLease GrantLocked(int permitCount, long now)
     {
         _lock.AssertHeld();
         if (permitCount == 0)
         {
-            return RateLimitingLease.Acquired;
+            return RateLimitingLease.ConcurrencyAcquiredNothing;
         }
 
         _inFlight += permitCount;
@@ -378,12 +388,12 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
         return lease;
     }
 
-    private RateLimitLease Refused(int permitCount)
+    private RateLimitLease Refused(int permitCount, RateLimitLease lease)
     {
         Interlocked.Increment(ref _failedLeases);
         RateLimitingMetrics.RecordRefused(permitCount, _context.NameTag);
         RateLimitingLog.Refused(_context.Logger, _context.Name, permitCount, retryAfter: null);
-        return RateLimitingLease.Refused;
+        return lease;
     }
 
     private void DisposeCore()
@@ -405,7 +415,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
         long permits = 0;
         foreach (var waiter in waiters)
         {
-            waiter.TrySetResult(RateLimitingLease.Refused);
+            waiter.TrySetResult(RateLimitingLease.ConcurrencyRefused);
             waiter.DisposeRegistration();
             permits += waiter.PermitCount;
         }
