@@ -107,6 +107,20 @@ public sealed class CombinedRateLimiterTests
     }
 
     [Fact]
+    public async Task DisposeAsync_makes_every_method_throw()
+    {
+        var limiter = CombinedRateLimiter.Create(maxConcurrency: 1, permitsPerSecond: 1, queueLimit: 1, timeProvider: _clock);
+        using var held = limiter.AttemptAcquire();
+        var waiter = limiter.AcquireAsync().AsTask();
+
+        await limiter.DisposeAsync();
+
+        (await waiter.WithTimeout()).IsAcquired.Should().BeFalse("the inner limiters failed their waiters");
+        limiter.Invoking(l => l.AttemptAcquire()).Should().Throw<ObjectDisposedException>();
+        await limiter.Awaiting(l => l.AcquireAsync().AsTask()).Should().ThrowAsync<ObjectDisposedException>();
+    }
+
+    [Fact]
     public void Bad_bounds_are_refused_naming_them()
     {
         var concurrency = () => CombinedRateLimiter.Create(maxConcurrency: 0, permitsPerSecond: 1);
