@@ -16,7 +16,8 @@ namespace AsyncPatterns;
 /// <see cref="AdaptiveConcurrencyLease"/>; a successful outcome is the default, call
 /// <see cref="AdaptiveConcurrencyLease.ReportDropped"/> for a timeout or a shed request (or use
 /// <see cref="RateLimiterExtensions.RunAsync{T}"/>, which does it). Latency is measured with the
-/// <see cref="System.TimeProvider"/> from the grant to the dispose.
+/// <see cref="System.TimeProvider"/> from the grant to the dispose. Code that only disposes leases (Polly's
+/// rate-limiter strategy, ASP.NET Core's rate-limiting middleware) reports every call as a success with its latency.
 /// </para>
 /// <para>
 /// <b>Algorithm</b> (Netflix <c>VegasLimit</c>, with its defaults). The no-load latency is the smallest latency
@@ -103,6 +104,11 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
     /// <see cref="AdaptiveConcurrencyLimiterOptions.Beta"/> is not finite, or
     /// <see cref="AdaptiveConcurrencyLimiterOptions.Smoothing"/> is not in (0, 1].
     /// </exception>
+    /// <remarks>
+    /// A bad option throws <see cref="ArgumentOutOfRangeException"/> whose <see cref="ArgumentException.ParamName"/> is
+    /// the option's name (for example <c>"QueueLimit"</c>), as every primitive of this library does; the BCL limiters
+    /// throw an <see cref="ArgumentException"/> whose <c>ParamName</c> is <c>"options"</c> instead.
+    /// </remarks>
     public AdaptiveConcurrencyLimiter(AdaptiveConcurrencyLimiterOptions? options = null)
     {
         options ??= new AdaptiveConcurrencyLimiterOptions();

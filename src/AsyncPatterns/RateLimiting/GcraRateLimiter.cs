@@ -93,6 +93,11 @@ public sealed partial class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwn
     /// <c>Burst / PermitsPerSecond</c> exceeds about 70 years), <see cref="GcraRateLimiterOptions.QueueLimit"/> is
     /// negative, or <see cref="GcraRateLimiterOptions.QueueProcessingOrder"/> is not a defined value.
     /// </exception>
+    /// <remarks>
+    /// A bad option throws <see cref="ArgumentOutOfRangeException"/> whose <see cref="ArgumentException.ParamName"/> is
+    /// the option's name (for example <c>"QueueLimit"</c>), as every primitive of this library does; the BCL limiters
+    /// throw an <see cref="ArgumentException"/> whose <c>ParamName</c> is <c>"options"</c> instead.
+    /// </remarks>
     public GcraRateLimiter(GcraRateLimiterOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
