@@ -343,8 +343,10 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
         RateLimitingMetrics.RecordQueueChange(-(waiter.PermitCount + grantedPermits), _context.NameTag);
     }
 
+    // A request for zero permits takes nothing, so it overtakes no one: it succeeds whenever a slot is free, queue or not
+    // (as ConcurrencyLimiter's does).
     private bool MayTakeNowLocked(int permitCount) =>
-        (_order == QueueProcessingOrder.NewestFirst || _queue.PermitCount == 0) && CanGrantLocked(permitCount);
+        (permitCount == 0 || _order == QueueProcessingOrder.NewestFirst || _queue.PermitCount == 0) && CanGrantLocked(permitCount);
 
     // Subtraction, not addition: _inFlight + permitCount can overflow when the limit is near int.MaxValue.
     private bool CanGrantLocked(int permitCount) =>

@@ -351,6 +351,23 @@ public abstract class RateLimiterContractTests
     }
 
     [Fact]
+    public async Task OldestFirst_asking_for_zero_reports_a_free_permit_even_while_a_larger_request_waits()
+    {
+        using var limiter = Create(2, queueLimit: 2);
+        Hold(limiter.AttemptAcquire(1));
+        var waiter = limiter.AcquireAsync(2).AsTask();
+        waiter.IsCompleted.Should().BeFalse();
+
+        limiter.AttemptAcquire(0).IsAcquired.Should().BeTrue("one permit is free; asking for zero takes nothing and overtakes no one");
+        var zero = limiter.AcquireAsync(0).AsTask();
+        zero.IsCompletedSuccessfully.Should().BeTrue();
+        (await zero).IsAcquired.Should().BeTrue();
+        limiter.AttemptAcquire(1).IsAcquired.Should().BeFalse("OldestFirst: the waiter comes first");
+        waiter.IsCompleted.Should().BeFalse();
+        limiter.GetStatistics()!.CurrentQueuedCount.Should().Be(2);
+    }
+
+    [Fact]
     public async Task One_replenishment_grants_every_waiter_it_covers()
     {
         using var limiter = Create(2, queueLimit: 2);
