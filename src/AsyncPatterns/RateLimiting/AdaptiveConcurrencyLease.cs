@@ -41,7 +41,11 @@ public sealed class AdaptiveConcurrencyLease : RateLimitLease
     public override bool IsAcquired => true;
 
     /// <inheritdoc />
-    public override IEnumerable<string> MetadataNames => [];
+    /// <remarks>
+    /// <see cref="MetadataName.ReasonPhrase"/>, the one name a lease of this limiter may carry (as
+    /// <see cref="ConcurrencyLimiter"/>'s leases list it); an acquired lease has no value for it.
+    /// </remarks>
+    public override IEnumerable<string> MetadataNames => RateLimitingLease.ConcurrencyMetadataNames;
 
     internal int PermitCount { get; }
 

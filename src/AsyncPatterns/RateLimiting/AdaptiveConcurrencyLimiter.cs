@@ -16,7 +16,8 @@ namespace AsyncPatterns;
 /// <see cref="AdaptiveConcurrencyLease"/>; a successful outcome is the default, call
 /// <see cref="AdaptiveConcurrencyLease.ReportDropped"/> for a timeout or a shed request (or use
 /// <see cref="RateLimiterExtensions.RunAsync{T}"/>, which does it). Latency is measured with the
-/// <see cref="System.TimeProvider"/> from the grant to the dispose.
+/// <see cref="System.TimeProvider"/> from the grant to the dispose. Code that only disposes leases (Polly's
+/// rate-limiter strategy, ASP.NET Core's rate-limiting middleware) reports every call as a success with its latency.
 /// </para>
 /// <para>
 /// <b>Algorithm</b> (Netflix <c>VegasLimit</c>, with its defaults). The no-load latency is the smallest latency
@@ -47,6 +48,15 @@ namespace AsyncPatterns;
 /// <see cref="QueueProcessingOrder.OldestFirst"/> never lets a new request overtake a waiter,
 /// <see cref="QueueProcessingOrder.NewestFirst"/> evicts the oldest waiter (failed lease) when full; a cancelled
 /// waiter leaves at once; dispose gives waiters a failed lease.
+/// </para>
+/// <para>
+/// <b>Leases and metadata</b> are those of <see cref="ConcurrencyLimiter"/> too: a request refused because the queue
+/// is full gets a lease whose <see cref="MetadataName.ReasonPhrase"/> is <c>"Queue limit reached"</c>; other refused
+/// leases (no slot free and no queue, evicted, disposed) carry no metadata, and none carries
+/// <see cref="MetadataName.RetryAfter"/> (a concurrency limiter cannot know when a slot frees). Every lease's
+/// <see cref="RateLimitLease.MetadataNames"/> lists <see cref="MetadataName.ReasonPhrase"/>, the one name its leases
+/// may carry. Statistics count as <see cref="ConcurrencyLimiter"/>'s do: a zero-permit request is a lease, an evicted
+/// waiter a failed one, a cancelled waiter neither.
 /// </para>
 /// <para>Thread-safety: every member is safe to call from any number of threads at once.</para>
 /// </remarks>
@@ -94,6 +104,11 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
     /// <see cref="AdaptiveConcurrencyLimiterOptions.Beta"/> is not finite, or
     /// <see cref="AdaptiveConcurrencyLimiterOptions.Smoothing"/> is not in (0, 1].
     /// </exception>
+    /// <remarks>
+    /// A bad option throws <see cref="ArgumentOutOfRangeException"/> whose <see cref="ArgumentException.ParamName"/> is
+    /// the option's name (for example <c>"QueueLimit"</c>), as every primitive of this library does; the BCL limiters
+    /// throw an <see cref="ArgumentException"/> whose <c>ParamName</c> is <c>"options"</c> instead.
+    /// </remarks>
     public AdaptiveConcurrencyLimiter(AdaptiveConcurrencyLimiterOptions? options = null)
     {
         options ??= new AdaptiveConcurrencyLimiterOptions();
@@ -207,7 +222,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
             }
         }
 
-        return lease is null ? Refused(permitCount) : Granted(lease, permitCount);
+        return lease is null ? Refused(permitCount, RateLimitingLease.ConcurrencyRefused) : Granted(lease, permitCount);
     }
 
     /// <inheritdoc />
@@ -259,7 +274,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
 
         if (!evicted.IsEmpty)
         {
-            long evictedPermits = evicted.CompleteAll(RateLimitingLease.Refused);
+            long evictedPermits = evicted.CompleteAll(RateLimitingLease.ConcurrencyRefused);
             Interlocked.Add(ref _failedLeases, evicted.Count);
             RateLimitingMetrics.RecordRefused(evictedPermits, _context.NameTag);
             RateLimitingLog.WaiterEvicted(_context.Logger, _context.Name, (int)evictedPermits);
@@ -273,7 +288,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
 
         if (refused)
         {
-            return new ValueTask<RateLimitLease>(Refused(permitCount));
+            return new ValueTask<RateLimitLease>(Refused(permitCount, RateLimitingLease.ConcurrencyQueueFull));
         }
 
         if (waiter!.CanceledWhileRegistering)
@@ -328,18 +343,21 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
         RateLimitingMetrics.RecordQueueChange(-(waiter.PermitCount + grantedPermits), _context.NameTag);
     }
 
+    // A request for zero permits takes nothing, so it overtakes no one: it succeeds whenever a slot is free, queue or not
+    // (as ConcurrencyLimiter's does).
     private bool MayTakeNowLocked(int permitCount) =>
-        (_order == QueueProcessingOrder.NewestFirst || _queue.PermitCount == 0) && CanGrantLocked(permitCount);
+        (permitCount == 0 || _order == QueueProcessingOrder.NewestFirst || _queue.PermitCount == 0) && CanGrantLocked(permitCount);
 
+    // Subtraction, not addition: _inFlight + permitCount can overflow when the limit is near int.MaxValue.
     private bool CanGrantLocked(int permitCount) =>
-        permitCount == 0 ? _inFlight < _limit : _inFlight + permitCount <= _limit || _inFlight == 0;
+        permitCount == 0 ? _inFlight < _limit : permitCount <= _limit - _inFlight || _inFlight == 0;
 
     private RateLimitLease GrantLocked(int permitCount, long now)
     {
         _lock.AssertHeld();
         if (permitCount == 0)
         {
-            return RateLimitingLease.Acquired;
+            return RateLimitingLease.ConcurrencyAcquiredNothing;
         }
 
         _inFlight += permitCount;
@@ -378,12 +396,12 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
         return lease;
     }
 
-    private RateLimitLease Refused(int permitCount)
+    private RateLimitLease Refused(int permitCount, RateLimitLease lease)
     {
         Interlocked.Increment(ref _failedLeases);
         RateLimitingMetrics.RecordRefused(permitCount, _context.NameTag);
         RateLimitingLog.Refused(_context.Logger, _context.Name, permitCount, retryAfter: null);
-        return RateLimitingLease.Refused;
+        return lease;
     }
 
     private void DisposeCore()
@@ -405,7 +423,7 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
         long permits = 0;
         foreach (var waiter in waiters)
         {
-            waiter.TrySetResult(RateLimitingLease.Refused);
+            waiter.TrySetResult(RateLimitingLease.ConcurrencyRefused);
             waiter.DisposeRegistration();
             permits += waiter.PermitCount;
         }

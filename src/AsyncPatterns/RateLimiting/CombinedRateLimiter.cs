@@ -31,10 +31,15 @@ public static class CombinedRateLimiter
     /// </param>
     /// <param name="timeProvider">The clock for the rate; null means <see cref="TimeProvider.System"/>.</param>
     /// <returns>One limiter enforcing both bounds.</returns>
-    /// <exception cref="ArgumentOutOfRangeException">A bound is out of range; the message names it.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// A bound is out of range; <see cref="ArgumentException.ParamName"/> is the parameter's name (or, for a rate
+    /// beyond what the clock can resolve, the <see cref="GcraRateLimiterOptions"/> property's).
+    /// </exception>
     public static RateLimiter Create(int maxConcurrency, double permitsPerSecond, int burst = 1, int queueLimit = 0, TimeProvider? timeProvider = null)
     {
         Guard.Positive(maxConcurrency, nameof(maxConcurrency));
+        Guard.PositiveFinite(permitsPerSecond, nameof(permitsPerSecond));
+        Guard.Positive(burst, nameof(burst));
         Guard.NotNegative(queueLimit, nameof(queueLimit));
         return Create(
             new ConcurrencyLimiterOptions { PermitLimit = maxConcurrency, QueueLimit = queueLimit },

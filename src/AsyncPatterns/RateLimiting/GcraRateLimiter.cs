@@ -36,6 +36,17 @@ namespace AsyncPatterns;
 /// acquire allocates nothing: every granted lease is one cached instance, and disposing it does nothing, because a
 /// rate permit is used up, never returned. Refused leases carry <see cref="MetadataName.RetryAfter"/>.
 /// </para>
+/// <para>
+/// <b>Leases, metadata and statistics</b> follow <see cref="TokenBucketRateLimiter"/>. Every lease's
+/// <see cref="RateLimitLease.MetadataNames"/> lists <see cref="MetadataName.RetryAfter"/> (the one name its leases may
+/// carry); an acquired lease has no value for it. A request refused at once gets <c>RetryAfter</c> = the time until its
+/// permits, after those already queued, fall due (the token bucket's rule with one token per emission interval). Two
+/// deliberate differences: a waiter evicted by <see cref="QueueProcessingOrder.NewestFirst"/> also gets a
+/// <c>RetryAfter</c> (one emission interval; the token bucket gives none), and with <c>NewestFirst</c> the queued
+/// permits are not added to a refusal's <c>RetryAfter</c>, since a new request goes before them. Waiters failed by
+/// dispose get no <c>RetryAfter</c>. Statistics count a zero-permit request as a lease, an evicted waiter as a failed
+/// lease, and a cancelled waiter as neither.
+/// </para>
 /// <para>Thread-safety: every member is safe to call from any number of threads at once.</para>
 /// </remarks>
 public sealed partial class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwner
@@ -82,6 +93,11 @@ public sealed partial class GcraRateLimiter : RateLimiter, IRateLimiterWaiterOwn
     /// <c>Burst / PermitsPerSecond</c> exceeds about 70 years), <see cref="GcraRateLimiterOptions.QueueLimit"/> is
     /// negative, or <see cref="GcraRateLimiterOptions.QueueProcessingOrder"/> is not a defined value.
     /// </exception>
+    /// <remarks>
+    /// A bad option throws <see cref="ArgumentOutOfRangeException"/> whose <see cref="ArgumentException.ParamName"/> is
+    /// the option's name (for example <c>"QueueLimit"</c>), as every primitive of this library does; the BCL limiters
+    /// throw an <see cref="ArgumentException"/> whose <c>ParamName</c> is <c>"options"</c> instead.
+    /// </remarks>
     public GcraRateLimiter(GcraRateLimiterOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);

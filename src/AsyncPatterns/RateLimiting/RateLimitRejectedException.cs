@@ -52,6 +52,17 @@ public sealed class RateLimitRejectedException : ExecutionRejectedException
         RetryAfter = retryAfter;
     }
 
+    /// <summary>Initializes a new instance with a message, the time after which to retry, and an inner exception.</summary>
+    /// <param name="message">The message.</param>
+    /// <param name="retryAfter">How long to wait before trying again, when the limiter knows.</param>
+    /// <param name="innerException">The inner exception.</param>
+    /// <remarks>The same set of constructors as Polly's <c>RateLimiterRejectedException</c>.</remarks>
+    public RateLimitRejectedException(string message, TimeSpan? retryAfter, Exception innerException)
+        : base(message, innerException)
+    {
+        RetryAfter = retryAfter;
+    }
+
     /// <summary>Gets how long to wait before a permit may be granted, when the limiter said so.</summary>
     public TimeSpan? RetryAfter { get; }
 }

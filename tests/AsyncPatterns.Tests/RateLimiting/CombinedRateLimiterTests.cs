@@ -68,12 +68,67 @@ public sealed class CombinedRateLimiterTests
     }
 
     [Fact]
+    public async Task A_refusal_by_the_rate_carries_RetryAfter_and_frees_the_concurrency_slot()
+    {
+        using var limiter = CombinedRateLimiter.Create(maxConcurrency: 1, permitsPerSecond: 10, timeProvider: _clock);
+        var first = limiter.AttemptAcquire();
+        first.IsAcquired.Should().BeTrue();
+        first.Dispose();
+
+        // The slot is free, the rate is not: the chain hands back the rate limiter's refused lease, advice included.
+        var refused = limiter.AttemptAcquire();
+        refused.IsAcquired.Should().BeFalse();
+        refused.TryGetMetadata(MetadataName.RetryAfter, out var retryAfter).Should().BeTrue();
+        retryAfter.Should().Be(TimeSpan.FromMilliseconds(100));
+        var rejected = await limiter.Awaiting(l => l.RunAsync(_ => ValueTask.CompletedTask).AsTask()).Should().ThrowAsync<RateLimitRejectedException>();
+        rejected.Which.RetryAfter.Should().Be(TimeSpan.FromMilliseconds(100));
+
+        _clock.Advance(TimeSpan.FromMilliseconds(100));
+        using var next = limiter.AttemptAcquire();
+        next.IsAcquired.Should().BeTrue("the refused attempts gave their concurrency slot back");
+    }
+
+    [Fact]
+    public void Statistics_and_IdleDuration_come_from_the_chain_and_throw_after_dispose()
+    {
+        var limiter = CombinedRateLimiter.Create(maxConcurrency: 2, permitsPerSecond: 10, timeProvider: _clock);
+        using (var lease = limiter.AttemptAcquire())
+        {
+            lease.IsAcquired.Should().BeTrue();
+            limiter.AttemptAcquire().IsAcquired.Should().BeFalse("the rate allows one per 100 ms");
+            var statistics = limiter.GetStatistics()!;
+            statistics.TotalSuccessfulLeases.Should().Be(1);
+            statistics.TotalFailedLeases.Should().Be(1);
+            limiter.IdleDuration.Should().BeNull();
+        }
+
+        limiter.Dispose();
+        limiter.Invoking(l => l.GetStatistics()).Should().Throw<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public async Task DisposeAsync_makes_every_method_throw()
+    {
+        var limiter = CombinedRateLimiter.Create(maxConcurrency: 1, permitsPerSecond: 1, queueLimit: 1, timeProvider: _clock);
+        using var held = limiter.AttemptAcquire();
+        var waiter = limiter.AcquireAsync().AsTask();
+
+        await limiter.DisposeAsync();
+
+        (await waiter.WithTimeout()).IsAcquired.Should().BeFalse("the inner limiters failed their waiters");
+        limiter.Invoking(l => l.AttemptAcquire()).Should().Throw<ObjectDisposedException>();
+        await limiter.Awaiting(l => l.AcquireAsync().AsTask()).Should().ThrowAsync<ObjectDisposedException>();
+    }
+
+    [Fact]
     public void Bad_bounds_are_refused_naming_them()
     {
         var concurrency = () => CombinedRateLimiter.Create(maxConcurrency: 0, permitsPerSecond: 1);
         concurrency.Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("maxConcurrency");
         var rate = () => CombinedRateLimiter.Create(maxConcurrency: 1, permitsPerSecond: double.NaN);
-        rate.Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("PermitsPerSecond");
+        rate.Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("permitsPerSecond");
+        var burst = () => CombinedRateLimiter.Create(maxConcurrency: 1, permitsPerSecond: 1, burst: 0);
+        burst.Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("burst");
         var queue = () => CombinedRateLimiter.Create(maxConcurrency: 1, permitsPerSecond: 1, queueLimit: -1);
         queue.Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("queueLimit");
     }

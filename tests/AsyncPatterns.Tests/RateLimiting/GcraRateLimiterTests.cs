@@ -187,6 +187,24 @@ public sealed class GcraRateLimiterTests
     }
 
     [Fact]
+    public void A_request_for_n_permits_follows_the_DESIGN_formula()
+    {
+        // T = 100 ms, τ = 3T. At 0: three permits, TAT = 300 ms.
+        using var limiter = Create(permitsPerSecond: 10, burst: 3);
+        limiter.AttemptAcquire(3).IsAcquired.Should().BeTrue();
+
+        // At 50 ms, two more: newTat = max(300, 50) + 200 = 500; 500 − 300 = 200 > 50, so RetryAfter = 200 − 50.
+        _clock.Advance(TimeSpan.FromMilliseconds(50));
+        RetryAfter(limiter.AttemptAcquire(2)).Should().Be(TimeSpan.FromMilliseconds(150));
+        limiter.GetStatistics()!.CurrentAvailablePermits.Should().Be(0, "a refusal leaves the TAT alone");
+
+        // At 200 ms exactly: newTat − τ = 200 ≤ 200, granted; TAT = 500 ms.
+        _clock.Advance(TimeSpan.FromMilliseconds(150));
+        limiter.AttemptAcquire(2).IsAcquired.Should().BeTrue();
+        RetryAfter(limiter.AttemptAcquire(1)).Should().Be(TimeSpan.FromMilliseconds(100));
+    }
+
+    [Fact]
     public async Task RetryAfter_counts_the_permits_already_waiting()
     {
         using var limiter = Create(permitsPerSecond: 10, burst: 1, queueLimit: 2);

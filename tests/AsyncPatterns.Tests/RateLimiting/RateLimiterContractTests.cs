@@ -316,6 +316,251 @@ public abstract class RateLimiterContractTests
         limiter.IdleDuration.Should().BeNull();
     }
 
+    // Ported from dotnet/runtime's BaseRateLimiterTests (TokenBucketRateLimiterTests, ConcurrencyLimiterTests).
+
+    [Fact]
+    public async Task NewestFirst_AttemptAcquire_takes_a_free_permit_while_others_wait()
+    {
+        using var limiter = Create(2, queueLimit: 3, QueueProcessingOrder.NewestFirst);
+        Hold(limiter.AttemptAcquire(1)).IsAcquired.Should().BeTrue();
+        var waiter = limiter.AcquireAsync(2).AsTask();
+        waiter.IsCompleted.Should().BeFalse();
+
+        Hold(limiter.AttemptAcquire(1)).IsAcquired.Should().BeTrue("with NewestFirst a new request may take a free permit");
+        waiter.IsCompleted.Should().BeFalse();
+
+        Replenish(limiter, 2);
+        Hold(await waiter.WithTimeout()).IsAcquired.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task NewestFirst_AcquireAsync_takes_a_free_permit_while_others_wait()
+    {
+        using var limiter = Create(2, queueLimit: 3, QueueProcessingOrder.NewestFirst);
+        Hold(limiter.AttemptAcquire(1)).IsAcquired.Should().BeTrue();
+        var waiter = limiter.AcquireAsync(2).AsTask();
+        waiter.IsCompleted.Should().BeFalse();
+
+        var newer = limiter.AcquireAsync(1).AsTask();
+        newer.IsCompletedSuccessfully.Should().BeTrue("with NewestFirst a new request may take a free permit at once");
+        Hold(await newer).IsAcquired.Should().BeTrue();
+        waiter.IsCompleted.Should().BeFalse();
+
+        Replenish(limiter, 2);
+        Hold(await waiter.WithTimeout()).IsAcquired.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task OldestFirst_asking_for_zero_reports_a_free_permit_even_while_a_larger_request_waits()
+    {
+        using var limiter = Create(2, queueLimit: 2);
+        Hold(limiter.AttemptAcquire(1));
+        var waiter = limiter.AcquireAsync(2).AsTask();
+        waiter.IsCompleted.Should().BeFalse();
+
+        limiter.AttemptAcquire(0).IsAcquired.Should().BeTrue("one permit is free; asking for zero takes nothing and overtakes no one");
+        var zero = limiter.AcquireAsync(0).AsTask();
+        zero.IsCompletedSuccessfully.Should().BeTrue();
+        (await zero).IsAcquired.Should().BeTrue();
+        limiter.AttemptAcquire(1).IsAcquired.Should().BeFalse("OldestFirst: the waiter comes first");
+        waiter.IsCompleted.Should().BeFalse();
+        limiter.GetStatistics()!.CurrentQueuedCount.Should().Be(2);
+    }
+
+    [Fact]
+    public async Task One_replenishment_grants_every_waiter_it_covers()
+    {
+        using var limiter = Create(2, queueLimit: 2);
+        Hold(limiter.AttemptAcquire(2));
+        var first = limiter.AcquireAsync(1).AsTask();
+        var second = limiter.AcquireAsync(1).AsTask();
+        first.IsCompleted.Should().BeFalse();
+        second.IsCompleted.Should().BeFalse();
+
+        Replenish(limiter, 2);
+        Hold(await first.WithTimeout()).IsAcquired.Should().BeTrue();
+        Hold(await second.WithTimeout()).IsAcquired.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task OldestFirst_cancelling_the_head_waiter_lets_the_next_one_through()
+    {
+        using var limiter = Create(3, queueLimit: 3);
+        for (var i = 0; i < 3; i++)
+        {
+            Hold(limiter.AttemptAcquire(1));
+        }
+
+        using var cts = new CancellationTokenSource();
+        var big = limiter.AcquireAsync(2, cts.Token).AsTask();
+        cts.Cancel();
+        (await big.Awaiting(t => t.WithTimeout()).Should().ThrowAsync<TaskCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+
+        var small = limiter.AcquireAsync(1).AsTask();
+        Replenish(limiter, 1);
+        Hold(await small.WithTimeout()).IsAcquired.Should().BeTrue();
+        var statistics = limiter.GetStatistics()!;
+        statistics.CurrentAvailablePermits.Should().Be(0);
+        statistics.CurrentQueuedCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task NewestFirst_after_a_cancellation_a_new_request_evicts_the_remaining_waiter()
+    {
+        using var limiter = Create(2, queueLimit: 2, QueueProcessingOrder.NewestFirst);
+        Hold(limiter.AttemptAcquire(2));
+        using var cts = new CancellationTokenSource();
+        var cancelled = limiter.AcquireAsync(1, cts.Token).AsTask();
+        var remaining = limiter.AcquireAsync(1).AsTask();
+        cts.Cancel();
+        await cancelled.Awaiting(t => t.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+
+        var big = limiter.AcquireAsync(2).AsTask();
+        big.IsCompleted.Should().BeFalse();
+        (await remaining.WithTimeout()).IsAcquired.Should().BeFalse("evicted to make room for the newest request");
+
+        Replenish(limiter, 2);
+        Hold(await big.WithTimeout()).IsAcquired.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task A_cancelled_waiter_counts_as_neither_a_successful_nor_a_failed_lease_and_dispose_after_it_is_clean()
+    {
+        var limiter = Create(1, queueLimit: 1);
+        Hold(limiter.AttemptAcquire());
+        var before = limiter.GetStatistics()!;
+        using var cts = new CancellationTokenSource();
+        var waiter = limiter.AcquireAsync(1, cts.Token).AsTask();
+        cts.Cancel();
+        await waiter.Awaiting(t => t.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+
+        var after = limiter.GetStatistics()!;
+        after.TotalSuccessfulLeases.Should().Be(before.TotalSuccessfulLeases);
+        after.TotalFailedLeases.Should().Be(before.TotalFailedLeases);
+        limiter.Dispose();
+        await limiter.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_refusal_because_the_queue_is_full_counts_as_a_failed_lease()
+    {
+        using var limiter = Create(1, queueLimit: 1);
+        Hold(limiter.AttemptAcquire());
+        var waiter = limiter.AcquireAsync().AsTask();
+
+        (await limiter.AcquireAsync().AsTask().WithTimeout()).IsAcquired.Should().BeFalse();
+        var statistics = limiter.GetStatistics()!;
+        statistics.TotalFailedLeases.Should().Be(1);
+        statistics.TotalSuccessfulLeases.Should().Be(1);
+        statistics.CurrentQueuedCount.Should().Be(1);
+        waiter.IsCompleted.Should().BeFalse();
+    }
+
+    [Fact]
+    public async Task GetStatistics_counts_zero_permit_requests_as_leases()
+    {
+        using var limiter = Create(3, queueLimit: 1);
+        Hold(limiter.AttemptAcquire(0)).IsAcquired.Should().BeTrue();
+        limiter.GetStatistics()!.TotalSuccessfulLeases.Should().Be(1);
+        limiter.GetStatistics()!.CurrentAvailablePermits.Should().Be(3, "asking for zero takes nothing");
+
+        Hold(await limiter.AcquireAsync(0).AsTask().WithTimeout()).IsAcquired.Should().BeTrue();
+        limiter.GetStatistics()!.TotalSuccessfulLeases.Should().Be(2);
+
+        Hold(limiter.AttemptAcquire(3)).IsAcquired.Should().BeTrue();
+        limiter.GetStatistics()!.TotalSuccessfulLeases.Should().Be(3);
+        limiter.GetStatistics()!.CurrentAvailablePermits.Should().Be(0);
+
+        limiter.AttemptAcquire(0).IsAcquired.Should().BeFalse();
+        var statistics = limiter.GetStatistics()!;
+        statistics.TotalSuccessfulLeases.Should().Be(3);
+        statistics.TotalFailedLeases.Should().Be(1);
+    }
+
+    [Fact]
+    public void GetStatistics_returns_a_new_snapshot_each_time()
+    {
+        using var limiter = Create(1);
+        var before = limiter.GetStatistics()!;
+        Hold(limiter.AttemptAcquire());
+        var after = limiter.GetStatistics()!;
+
+        after.Should().NotBeSameAs(before);
+        before.CurrentAvailablePermits.Should().Be(1);
+        before.TotalSuccessfulLeases.Should().Be(0);
+        after.CurrentAvailablePermits.Should().Be(0);
+        after.TotalSuccessfulLeases.Should().Be(1);
+    }
+
+    [Fact]
+    public void GetStatistics_throws_after_dispose()
+    {
+        var limiter = Create(1);
+        limiter.Dispose();
+        limiter.Invoking(l => l.GetStatistics()).Should().Throw<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public async Task DisposeAsync_fails_queued_waiters_and_later_calls_throw()
+    {
+        var limiter = Create(1, queueLimit: 3);
+        Hold(limiter.AttemptAcquire());
+        var waiters = Enumerable.Range(0, 3).Select(_ => limiter.AcquireAsync().AsTask()).ToList();
+        waiters.Should().OnlyContain(w => !w.IsCompleted);
+
+        await limiter.DisposeAsync();
+
+        foreach (var waiter in waiters)
+        {
+            (await waiter.WithTimeout()).IsAcquired.Should().BeFalse();
+        }
+
+        limiter.Invoking(l => l.AttemptAcquire()).Should().Throw<ObjectDisposedException>();
+        limiter.Invoking(l => l.AttemptAcquire(0)).Should().Throw<ObjectDisposedException>();
+        Func<Task> afterDispose = async () => await limiter.AcquireAsync();
+        await afterDispose.Should().ThrowAsync<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public void Asking_for_a_negative_count_names_permitCount()
+    {
+        // (For more than the limit the token bucket names its own parameter, tokenCount; ours name permitCount.)
+        using var limiter = Create(1);
+        limiter.Invoking(l => l.AttemptAcquire(-1)).Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("permitCount");
+    }
+
+    [Fact]
+    public void IdleDuration_returns_once_permits_are_back()
+    {
+        using var limiter = Create(1);
+        Hold(limiter.AttemptAcquire());
+        limiter.IdleDuration.Should().BeNull();
+
+        Replenish(limiter, 1);
+        limiter.IdleDuration.Should().NotBeNull();
+    }
+
+    [Fact]
+    public void IdleDuration_is_null_while_a_waiter_is_queued()
+    {
+        using var limiter = Create(1, queueLimit: 1);
+        Hold(limiter.AttemptAcquire());
+        var waiter = limiter.AcquireAsync().AsTask();
+        limiter.IdleDuration.Should().BeNull();
+        waiter.IsCompleted.Should().BeFalse();
+    }
+
+    [Fact]
+    public void An_acquired_lease_has_no_RetryAfter_and_disposing_it_twice_is_harmless()
+    {
+        using var limiter = Create(1);
+        var lease = limiter.AttemptAcquire();
+        lease.IsAcquired.Should().BeTrue();
+        lease.TryGetMetadata(MetadataName.RetryAfter, out _).Should().BeFalse();
+        lease.Dispose();
+        lease.Dispose();
+    }
+
     protected RateLimitLease Hold(RateLimitLease lease)
     {
         if (lease.IsAcquired)

@@ -110,6 +110,39 @@ public sealed class RateLimiterExtensionsTests
         nullVoidAction.Should().Throw<ArgumentNullException>().Which.ParamName.Should().Be("action");
     }
 
+    [Fact]
+    public void RateLimitRejectedException_has_the_constructors_of_Pollys_RateLimiterRejectedException()
+    {
+        var inner = new InvalidOperationException("inner");
+        var full = new RateLimitRejectedException("refused", TimeSpan.FromSeconds(3), inner);
+        full.Message.Should().Be("refused");
+        full.RetryAfter.Should().Be(TimeSpan.FromSeconds(3));
+        full.InnerException.Should().BeSameAs(inner);
+        full.Should().BeAssignableTo<Polly.ExecutionRejectedException>();
+
+        new RateLimitRejectedException(TimeSpan.FromSeconds(1)).RetryAfter.Should().Be(TimeSpan.FromSeconds(1));
+        new RateLimitRejectedException("refused", TimeSpan.FromSeconds(2)).RetryAfter.Should().Be(TimeSpan.FromSeconds(2));
+        new RateLimitRejectedException("refused", inner).RetryAfter.Should().BeNull();
+        new RateLimitRejectedException().RetryAfter.Should().BeNull();
+    }
+
+    [Fact]
+    public async Task A_disposed_limiter_throws_ObjectDisposedException_and_a_cancelled_token_OperationCanceledException()
+    {
+        var limiter = Gcra(queueLimit: 1);
+        var ran = false;
+        using var cts = new CancellationTokenSource();
+        await cts.CancelAsync();
+        await limiter.Awaiting(l => l.RunAsync(_ => { ran = true; return ValueTask.CompletedTask; }, cancellationToken: cts.Token).AsTask())
+            .Should().ThrowAsync<OperationCanceledException>();
+        limiter.AttemptAcquire().IsAcquired.Should().BeTrue("the cancelled call took no permit");
+
+        limiter.Dispose();
+        await limiter.Awaiting(l => l.RunAsync(_ => { ran = true; return ValueTask.CompletedTask; }).AsTask())
+            .Should().ThrowAsync<ObjectDisposedException>();
+        ran.Should().BeFalse();
+    }
+
     private GcraRateLimiter Gcra(int queueLimit, int burst = 1) =>
         new(new GcraRateLimiterOptions { PermitsPerSecond = 10, Burst = burst, QueueLimit = queueLimit, TimeProvider = _clock });
 }
