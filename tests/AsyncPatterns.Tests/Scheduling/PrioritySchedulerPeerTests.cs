@@ -107,4 +107,19 @@ public sealed class PrioritySchedulerPeerTests
         stats.Evicted.Should().Be(1);
         stats.Rejected.Should().Be(1);
     }
+    // ChannelTestBase.Precancellation_Writing_ReturnsImmediately: the token is checked before anything else, so an
+    // already-cancelled submission is a cancelled task even on a closed scheduler, like WorkQueue and Batcher.
+    [Fact]
+    public async Task An_already_cancelled_token_wins_over_a_closed_scheduler_and_open_ones_still_refuse_with_InvalidOperationException()
+    {
+        var scheduler = new PriorityScheduler(new PrioritySchedulerOptions { Name = "api" });
+        await scheduler.DrainAsync().WithTimeout();
+
+        scheduler.RunAsync(_ => ValueTask.FromResult(1), 0, new CancellationToken(canceled: true)).IsCanceled.Should().BeTrue();
+        scheduler.RunAsync(_ => ValueTask.CompletedTask, 0, new CancellationToken(canceled: true)).IsCanceled.Should().BeTrue();
+
+        var error = await FluentActions.Awaiting(() => scheduler.RunAsync(_ => ValueTask.CompletedTask)).Should().ThrowAsync<InvalidOperationException>();
+        error.Which.Message.Should().Contain("PriorityScheduler").And.Contain("api");
+        scheduler.GetStatistics().Accepted.Should().Be(0);
+    }
 }
