@@ -221,6 +221,28 @@ public sealed class WorkQueuePeerTests
         queue.GetStatistics().Accepted.Should().Be(4);
     }
 
+    [Fact]
+    public async Task When_the_producer_at_the_head_of_the_line_is_cancelled_the_next_ones_are_still_admitted_in_order()
+    {
+        var (queue, release, handled, _) = await ParkedQueueAsync(capacity: 1);
+        queue.TryEnqueue(0).Should().BeTrue();
+        using var cts = new CancellationTokenSource();
+        var head = queue.EnqueueAsync(1, cts.Token).AsTask();
+        var second = queue.EnqueueAsync(2).AsTask();
+        var third = queue.EnqueueAsync(3).AsTask();
+        await AsyncAssert.StillPendingAsync(head);
+
+        await cts.CancelAsync();
+        await FluentActions.Awaiting(() => head.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+        second.IsCompleted.Should().BeFalse("the queue is still full");
+
+        release.SetResult();
+        await Task.WhenAll(second, third).WithTimeout();
+        await queue.DrainAsync().WithTimeout();
+        handled.Should().Equal(-1, 0, 2, 3);
+        queue.GetStatistics().WaitingProducers.Should().Be(0);
+    }
+
     // ChannelTestBase.Complete_WithException_PropagatesToExistingWriter (without the exception): a writer blocked on a
     // channel that completes gets ChannelClosedException; a producer waiting in line gets InvalidOperationException.
     [Fact]
