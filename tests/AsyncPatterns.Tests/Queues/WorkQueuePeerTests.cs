@@ -404,4 +404,63 @@ public sealed class WorkQueuePeerTests
         await queue.Completion.WithTimeout();
         result.Should().Equal(Enumerable.Range(0, 100));
     }
+    // BoundedChannelTests.ManyProducerConsumer_ConcurrentReadWrite_WithBufferedCapacity_Success, with cancellations:
+    // many producers queue for little room; whatever each EnqueueAsync reports is exactly what happened to its item.
+    [Fact]
+    public async Task Many_producers_with_cancellations_on_little_room_each_item_is_handled_exactly_when_its_enqueue_succeeded()
+    {
+        const int Producers = 32;
+        const int PerProducer = 2_000;
+        var calls = new int[Producers * PerProducer];
+        var outcome = new int[Producers * PerProducer]; // 1 accepted, 2 cancelled
+        var queue = new WorkQueue<int>(
+            async (item, _) =>
+            {
+                Interlocked.Increment(ref calls[item]);
+                if (item % 7 == 0)
+                {
+                    await Task.Yield();
+                }
+            },
+            new WorkQueueOptions<int> { Capacity = 2, MaxConcurrency = 2 });
+
+        var producers = Enumerable.Range(0, Producers).Select(p => Task.Run(async () =>
+        {
+            var random = new Random(p);
+            for (var i = 0; i < PerProducer; i++)
+            {
+                var item = (p * PerProducer) + i;
+                using var cts = new CancellationTokenSource();
+                var enqueue = queue.EnqueueAsync(item, cts.Token).AsTask();
+                if (random.Next(5) == 0)
+                {
+                    cts.Cancel();
+                }
+
+                try
+                {
+                    await enqueue;
+                    outcome[item] = 1;
+                }
+                catch (OperationCanceledException)
+                {
+                    outcome[item] = 2;
+                }
+            }
+        })).ToArray();
+
+        await Task.WhenAll(producers).WithTimeout(TimeSpan.FromSeconds(20));
+        await queue.DrainAsync().WithTimeout();
+
+        for (var item = 0; item < calls.Length; item++)
+        {
+            calls[item].Should().Be(outcome[item] == 1 ? 1 : 0, $"item {item} ended with outcome {outcome[item]}");
+        }
+
+        var stats = queue.GetStatistics();
+        stats.Accepted.Should().Be(outcome.Count(o => o == 1));
+        stats.Handled.Should().Be(stats.Accepted);
+        stats.WaitingProducers.Should().Be(0);
+        outcome.Count(o => o == 2).Should().BeGreaterThan(0);
+    }
 }
