@@ -98,10 +98,11 @@ internal abstract partial class BatchEngine<T> : IThreadPoolWorkItem, IBatcherGa
 
         if (options.MaxBatchWeight.HasValue != (options.WeightSelector is not null))
         {
+            // ParamName is the option that is missing, as every other options check names its option.
+            var missing = options.MaxBatchWeight.HasValue ? nameof(options.WeightSelector) : nameof(options.MaxBatchWeight);
             throw new ArgumentException(
-                $"{nameof(options.MaxBatchWeight)} and {nameof(options.WeightSelector)} must be set together or not at all; " +
-                $"{(options.MaxBatchWeight.HasValue ? nameof(options.WeightSelector) : nameof(options.MaxBatchWeight))} is missing.",
-                nameof(options));
+                $"{nameof(options.MaxBatchWeight)} and {nameof(options.WeightSelector)} must be set together or not at all; {missing} is missing.",
+                missing);
         }
 
         if (options.MaxBatchWeight is { } maxWeight && maxWeight <= 0)

@@ -1,5 +1,4 @@
 using System.Diagnostics.CodeAnalysis;
-using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using System.Threading.RateLimiting;
 using Microsoft.Extensions.Logging;
@@ -30,6 +29,15 @@ namespace AsyncPatterns;
 /// <c>Accepted == Handled + Failed + Dropped</c> (see <see cref="GetStatistics"/>). A handler that ends with an
 /// exception because its drain was cut short counts as failed; an item that never reached the handler because its
 /// drain was cut short counts as dropped and goes to <see cref="WorkQueueOptions{T}.OnDropped"/>.
+/// </para>
+/// <para>
+/// Differences from the peers, on purpose (DESIGN.md: nothing is lost silently; a failing handler never stops its
+/// worker): unlike an <c>ActionBlock</c>, a handler exception, including an <see cref="OperationCanceledException"/>
+/// the handler throws on its own (which an <c>ActionBlock</c> silently ignores), fails only its item and never faults
+/// <see cref="Completion"/>; <see cref="WorkQueueOptions{T}.Capacity"/> counts waiting items only (an
+/// <c>ActionBlock</c>'s <c>BoundedCapacity</c> includes the items being processed); closed-queue refusals are
+/// <see cref="InvalidOperationException"/> rather than a <see langword="false"/> from <c>SendAsync</c>; and
+/// <see cref="Complete"/> may be called any number of times (<c>ChannelWriter.Complete</c> throws the second time).
 /// </para>
 /// <para>
 /// Thread safety: every member is safe to call from any thread, concurrently. The hot path takes no lock of its
@@ -187,10 +195,20 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
     /// <exception cref="InvalidOperationException">The queue is closed (the message names it); also when it closes during the wait.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> fired before the item was accepted.</exception>
     /// <remarks>
-    /// Waiting producers compete for room as it frees (like <c>WaitToWriteAsync</c> + <c>TryWrite</c> on a channel),
-    /// so the token only ever abandons the wait: when this method throws <see cref="OperationCanceledException"/>, the
-    /// item was not accepted. An already-cancelled token returns a cancelled task without adding the item. With a drop mode, the item a full queue drops goes to <see cref="WorkQueueOptions{T}.OnDropped"/>
-    /// (with <see cref="BoundedChannelFullMode.DropWrite"/> that is this item, and the call still completes).
+    /// <para>
+    /// Producers that wait for room are admitted first in first out, as a bounded channel serves its blocked writers
+    /// (and an <c>ActionBlock</c> its postponed <c>SendAsync</c> calls): each freed slot goes to the producer that has
+    /// waited longest, and while any producer waits a new one queues behind it. The token only ever abandons the
+    /// wait: when this method throws <see cref="OperationCanceledException"/> (carrying
+    /// <paramref name="cancellationToken"/>), the item was not accepted; a token that fires at the very moment the
+    /// item is admitted may lose that race, and the call then completes normally with the item accepted.
+    /// </para>
+    /// <para>
+    /// An already-cancelled token returns a cancelled task without adding the item, even on a closed queue (checked
+    /// first, as <c>ChannelWriter.WriteAsync</c> does). With a drop mode, the item a full queue drops goes to
+    /// <see cref="WorkQueueOptions{T}.OnDropped"/> (with <see cref="BoundedChannelFullMode.DropWrite"/> that is this
+    /// item, and the call still completes).
+    /// </para>
     /// </remarks>
     public ValueTask EnqueueAsync(T item, CancellationToken cancellationToken = default)
     {
@@ -199,7 +217,8 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
             return ValueTask.FromCanceled(cancellationToken);
         }
 
-        if (_writer.TryWrite(item))
+        // Producers already waiting for room go first: while they do, a new one joins their line.
+        if (!_lineActive && _writer.TryWrite(item))
         {
             RecordAccepted();
             return default;
@@ -212,12 +231,13 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
     /// <param name="item">The item.</param>
     /// <returns>
     /// <see langword="true"/> if the item was accepted; <see langword="false"/> if the queue is full (in
-    /// <see cref="BoundedChannelFullMode.Wait"/> mode) or closed. In the drop modes a full queue still accepts it
-    /// and drops an item (see <see cref="WorkQueueOptions{T}.FullMode"/>).
+    /// <see cref="BoundedChannelFullMode.Wait"/> mode), producers are waiting for room in <see cref="EnqueueAsync"/>
+    /// (they go first), or the queue is closed. In the drop modes a full queue still accepts it and drops an item
+    /// (see <see cref="WorkQueueOptions{T}.FullMode"/>), as <c>ChannelWriter.TryWrite</c> does.
     /// </returns>
     public bool TryEnqueue(T item)
     {
-        if (_writer.TryWrite(item))
+        if (!_lineActive && _writer.TryWrite(item))
         {
             RecordAccepted();
             return true;
@@ -336,59 +356,6 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
             EnqueueWaits = Interlocked.Read(ref _enqueueWaits),
             IsClosed = IsClosed,
         };
-    }
-
-    // Pooled: a producer that waits for room often (the point of backpressure) should not allocate each time.
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask EnqueueSlowAsync(T item, CancellationToken cancellationToken)
-    {
-        // Only Wait mode gets here with the queue open (the drop modes always make room): this is the backpressure.
-        // The token must only ever cancel the wait, never an item that went in. BoundedChannel.WriteAsync(item, ct)
-        // does not guarantee that on .NET 10 (cancellation racing a reader that frees room can throw
-        // OperationCanceledException although the item was written: about 2% of rounds in a stress repro), so wait
-        // for room and then TryWrite, which is atomic; a producer that loses the room to another one waits again.
-        var waited = false;
-        try
-        {
-            while (true)
-            {
-                if (IsClosed)
-                {
-                    Guard.ThrowClosed(Kind, _context.Name);
-                }
-
-                if (_writer.TryWrite(item))
-                {
-                    break;
-                }
-
-                var wait = _writer.WaitToWriteAsync(cancellationToken);
-                if (!wait.IsCompleted && !waited)
-                {
-                    waited = true;
-                    Interlocked.Increment(ref _enqueueWaits);
-                    Interlocked.Increment(ref _waitingProducers);
-                }
-
-                if (!await wait.ConfigureAwait(false))
-                {
-                    Guard.ThrowClosed(Kind, _context.Name);
-                }
-            }
-        }
-        catch (ChannelClosedException)
-        {
-            Guard.ThrowClosed(Kind, _context.Name);
-        }
-        finally
-        {
-            if (waited)
-            {
-                Interlocked.Decrement(ref _waitingProducers);
-            }
-        }
-
-        RecordAccepted();
     }
 
     private void RecordAccepted()

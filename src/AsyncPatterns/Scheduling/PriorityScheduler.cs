@@ -136,15 +136,20 @@ public sealed partial class PriorityScheduler : IDrainable, IAsyncDisposable
     /// otherwise ends as the work ends (an <see cref="OperationCanceledException"/> from the work cancels it).
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="work"/> is <see langword="null"/>.</exception>
-    /// <exception cref="InvalidOperationException">The scheduler is closed: <see cref="DrainAsync"/> or <see cref="DisposeAsync"/> was called.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The scheduler is closed: <see cref="DrainAsync"/> or <see cref="DisposeAsync"/> was called. An
+    /// already-cancelled <paramref name="cancellationToken"/> is checked first and returns a cancelled task instead.
+    /// </exception>
     public Task<T> RunAsync<T>(Func<CancellationToken, ValueTask<T>> work, int priority = 0, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(work);
-        ThrowIfClosed();
         if (cancellationToken.IsCancellationRequested)
         {
+            // Checked first, as ChannelWriter.WriteAsync and the other primitives do: a cancelled task, no side effects.
             return Task.FromCanceled<T>(cancellationToken);
         }
+
+        ThrowIfClosed();
 
         var source = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
         Submit(work, source, PriorityWorkOperations<T>.Instance, priority, cancellationToken);
@@ -160,15 +165,20 @@ public sealed partial class PriorityScheduler : IDrainable, IAsyncDisposable
     /// <see cref="RateLimitRejectedException"/>, as described for <see cref="RunAsync{T}"/>.
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="work"/> is <see langword="null"/>.</exception>
-    /// <exception cref="InvalidOperationException">The scheduler is closed: <see cref="DrainAsync"/> or <see cref="DisposeAsync"/> was called.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The scheduler is closed: <see cref="DrainAsync"/> or <see cref="DisposeAsync"/> was called. An
+    /// already-cancelled <paramref name="cancellationToken"/> is checked first and returns a cancelled task instead.
+    /// </exception>
     public Task RunAsync(Func<CancellationToken, ValueTask> work, int priority = 0, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(work);
-        ThrowIfClosed();
         if (cancellationToken.IsCancellationRequested)
         {
+            // Checked first, as ChannelWriter.WriteAsync and the other primitives do: a cancelled task, no side effects.
             return Task.FromCanceled(cancellationToken);
         }
+
+        ThrowIfClosed();
 
         var source = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Submit(work, source, PriorityWorkVoidOperations.Instance, priority, cancellationToken);

@@ -42,8 +42,8 @@ public sealed class BatcherOptionsTests
         var onlyLimit = () => new Batcher<int>((_, _) => default, new BatcherOptions<int> { MaxBatchWeight = 10 });
         var onlySelector = () => new Batcher<int>((_, _) => default, new BatcherOptions<int> { WeightSelector = i => i });
 
-        onlyLimit.Should().Throw<ArgumentException>().WithMessage("*WeightSelector is missing*");
-        onlySelector.Should().Throw<ArgumentException>().WithMessage("*MaxBatchWeight is missing*");
+        onlyLimit.Should().Throw<ArgumentException>().WithMessage("*WeightSelector is missing*").Which.ParamName.Should().Be("WeightSelector");
+        onlySelector.Should().Throw<ArgumentException>().WithMessage("*MaxBatchWeight is missing*").Which.ParamName.Should().Be("MaxBatchWeight");
     }
 
     [Fact]
