@@ -14,15 +14,24 @@ public sealed partial class CancellationScope
 
     private void Accept(IScopeChild child)
     {
-        if (_token.IsCancellationRequested || !TryAddActive())
+        if (!TryAccept(child))
         {
             throw NotAcceptingException();
+        }
+    }
+
+    /// <summary>Accepts and schedules <paramref name="child"/>, or returns false when the scope is cancelled or has ended.</summary>
+    private bool TryAccept(IScopeChild child)
+    {
+        if (_token.IsCancellationRequested || !TryAddActive())
+        {
+            return false;
         }
 
         if (_maxConcurrency == int.MaxValue)
         {
             Schedule(child);
-            return;
+            return true;
         }
 
         bool start;
@@ -56,6 +65,8 @@ public sealed partial class CancellationScope
         {
             EndNeverStarted(child);
         }
+
+        return true;
     }
 
     private bool TryAddActive()
