@@ -6,11 +6,23 @@ namespace AsyncPatterns;
 /// <summary>Children's lifecycle (accept, schedule, start, classify, end), cancellation and the scope's end.</summary>
 public sealed partial class CancellationScope
 {
+    /// <summary>Refusals thrown by <c>Run</c>, mapped to the scope that threw them (weakly: nothing is kept alive).</summary>
+    private static readonly ConditionalWeakTable<Exception, CancellationScope> Refusals = new();
+
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private InvalidOperationException NotAcceptingException() => new(
-        _context.Name == PrimitiveName
-            ? "The CancellationScope is cancelled or has ended, so it accepts no new children."
-            : $"The CancellationScope '{_context.Name}' is cancelled or has ended, so it accepts no new children.");
+    private InvalidOperationException NotAcceptingException()
+    {
+        var refusal = new InvalidOperationException(
+            _context.Name == PrimitiveName
+                ? "The CancellationScope is cancelled or has ended, so it accepts no new children."
+                : $"The CancellationScope '{_context.Name}' is cancelled or has ended, so it accepts no new children.");
+        Refusals.AddOrUpdate(refusal, this);
+        return refusal;
+    }
+
+    /// <summary>True for an exception this scope's own <c>Run</c> threw because the scope was already cancelled.</summary>
+    private bool IsOwnRefusal(Exception exception) =>
+        exception is InvalidOperationException && Refusals.TryGetValue(exception, out var scope) && ReferenceEquals(scope, this);
 
     private void Accept(IScopeChild child)
     {
