@@ -6,23 +6,44 @@ namespace AsyncPatterns;
 /// <summary>Children's lifecycle (accept, schedule, start, classify, end), cancellation and the scope's end.</summary>
 public sealed partial class CancellationScope
 {
+    /// <summary>Refusals thrown by <c>Run</c>, mapped to the scope that threw them (weakly: nothing is kept alive).</summary>
+    private static readonly ConditionalWeakTable<Exception, CancellationScope> Refusals = new();
+
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private InvalidOperationException NotAcceptingException() => new(
-        _context.Name == PrimitiveName
-            ? "The CancellationScope is cancelled or has ended, so it accepts no new children."
-            : $"The CancellationScope '{_context.Name}' is cancelled or has ended, so it accepts no new children.");
+    private InvalidOperationException NotAcceptingException()
+    {
+        var refusal = new InvalidOperationException(
+            _context.Name == PrimitiveName
+                ? "The CancellationScope is cancelled or has ended, so it accepts no new children."
+                : $"The CancellationScope '{_context.Name}' is cancelled or has ended, so it accepts no new children.");
+        Refusals.AddOrUpdate(refusal, this);
+        return refusal;
+    }
+
+    /// <summary>True for an exception this scope's own <c>Run</c> threw because the scope was already cancelled.</summary>
+    private bool IsOwnRefusal(Exception exception) =>
+        exception is InvalidOperationException && Refusals.TryGetValue(exception, out var scope) && ReferenceEquals(scope, this);
 
     private void Accept(IScopeChild child)
     {
-        if (_token.IsCancellationRequested || !TryAddActive())
+        if (!TryAccept(child))
         {
             throw NotAcceptingException();
+        }
+    }
+
+    /// <summary>Accepts and schedules <paramref name="child"/>, or returns false when the scope is cancelled or has ended.</summary>
+    private bool TryAccept(IScopeChild child)
+    {
+        if (_token.IsCancellationRequested || !TryAddActive())
+        {
+            return false;
         }
 
         if (_maxConcurrency == int.MaxValue)
         {
             Schedule(child);
-            return;
+            return true;
         }
 
         bool start;
@@ -56,6 +77,8 @@ public sealed partial class CancellationScope
         {
             EndNeverStarted(child);
         }
+
+        return true;
     }
 
     private bool TryAddActive()

@@ -100,7 +100,13 @@ public sealed partial class CancellationScope
             var worker = state.Worker;
             for (var i = 0; i < workers; i++)
             {
-                _ = s.Run(worker); // observed by the scope
+                // A worker started earlier may already have failed (or the caller cancelled), cancelling the scope:
+                // then no more workers are needed, and Run's refusal must not become a second failure that turns
+                // the real one into an AggregateException (or a cancellation into an InvalidOperationException).
+                if (!s.TryAccept(new ScopeChild(s, worker)))
+                {
+                    break;
+                }
             }
 
             return Task.CompletedTask;

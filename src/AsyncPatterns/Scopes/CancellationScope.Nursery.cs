@@ -34,8 +34,26 @@ public sealed partial class CancellationScope
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (thrown by the returned task).</exception>
     /// <exception cref="AggregateException">Several failures (thrown by the returned task).</exception>
     /// <remarks>
+    /// <para>
     /// A token that is already cancelled returns a cancelled task without running <paramref name="body"/>.
     /// Failures win over a timeout or a cancellation that happened at the same time: a real error is never hidden.
+    /// The <see cref="TimeoutException"/>'s <see cref="Exception.InnerException"/> is an
+    /// <see cref="OperationCanceledException"/> for the scope's token (asyncio's <c>TimeoutError</c> has the
+    /// <c>CancelledError</c> as its cause).
+    /// </para>
+    /// <para>
+    /// An <see cref="InvalidOperationException"/> thrown by this scope's own <c>Run</c> because the scope was already
+    /// cancelled (a body or child that kept starting work) is a consequence of that cancellation: it is dropped when
+    /// another failure, the deadline or the caller's cancellation is reported, so a single failure still surfaces as
+    /// itself whatever the thread timing. It is reported only when nothing else explains it (after a quiet
+    /// <see cref="Cancel"/>).
+    /// </para>
+    /// <para>
+    /// Differences from the peers, where the contract decides: one failure is rethrown as itself instead of an
+    /// exception group (Trio's <c>strict_exception_groups=False</c>), several are an
+    /// <see cref="AggregateException"/> in the order they happened; a child that is cancelled before it starts never
+    /// runs (asyncio), where Trio would run it up to its first checkpoint.
+    /// </para>
     /// </remarks>
     [OverloadResolutionPriority(1)]
     public static Task RunAsync(Func<CancellationScope, Task> body, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
@@ -223,6 +241,12 @@ public sealed partial class CancellationScope
             failures = _failures?.ToArray();
         }
 
+        var reason = (CancelReason)Volatile.Read(ref _reason);
+        if (failures is not null)
+        {
+            failures = WithoutEchoes(failures, reason);
+        }
+
         if (failures is { Length: 1 })
         {
             ExceptionDispatchInfo.Throw(failures[0]);
@@ -234,13 +258,53 @@ public sealed partial class CancellationScope
                 $"{failures.Length} failures in {Describe()}; the first is the one that cancelled the rest.", failures);
         }
 
-        switch ((CancelReason)Volatile.Read(ref _reason))
+        switch (reason)
         {
             case CancelReason.Deadline:
-                throw new TimeoutException($"{Describe()} did not finish within its timeout of {_timeout.GetValueOrDefault()}; its children were cancelled.");
+                throw new TimeoutException(
+                    $"{Describe()} did not finish within its timeout of {_timeout.GetValueOrDefault()}; its children were cancelled.",
+                    new OperationCanceledException("The scope's deadline cancelled its token.", _token));
             case CancelReason.Caller:
                 throw new OperationCanceledException("The caller's token was cancelled; the scope's children were cancelled.", _callerToken);
         }
+    }
+
+    /// <summary>
+    /// Drops the refusals of this scope's own <c>Run</c> (a body or child that started work after the scope was
+    /// cancelled and let the <see cref="InvalidOperationException"/> escape) when they only echo a cause that is
+    /// reported anyway: another failure, the deadline or the caller's cancellation. On a multi-threaded pool a child
+    /// can fail while the body is still starting its siblings, so without this a single failure would surface as an
+    /// <see cref="AggregateException"/> holding it and the refusal, depending on timing. After a quiet
+    /// <see cref="Cancel"/> the refusal is the only error there is, and it is reported.
+    /// </summary>
+    private Exception[] WithoutEchoes(Exception[] failures, CancelReason reason)
+    {
+        var refusals = 0;
+        foreach (var failure in failures)
+        {
+            if (IsOwnRefusal(failure))
+            {
+                refusals++;
+            }
+        }
+
+        if (refusals == 0 ||
+            (refusals == failures.Length && reason is not (CancelReason.Deadline or CancelReason.Caller)))
+        {
+            return failures;
+        }
+
+        var kept = new Exception[failures.Length - refusals];
+        var next = 0;
+        foreach (var failure in failures)
+        {
+            if (!IsOwnRefusal(failure))
+            {
+                kept[next++] = failure;
+            }
+        }
+
+        return kept;
     }
 
     private string Describe() => _context.Name == PrimitiveName ? "The CancellationScope" : $"The CancellationScope '{_context.Name}'";

@@ -107,6 +107,11 @@ public sealed partial class CancellationScope : IAsyncDisposable
     /// cancelled from the start (its <c>Run</c> throws).
     /// </param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is zero or negative (other than infinite).</exception>
+    /// <remarks>
+    /// A zero or negative timeout is bad input here, as the contract says; asyncio's <c>timeout(0)</c> and Trio's
+    /// <c>move_on_after(0)</c> accept it and expire at once. The deadline counts from the scope's creation, as
+    /// Trio's <c>move_on_after</c> did before its <c>timeout_from_enter</c> option.
+    /// </remarks>
     // `new CancellationScope(null, token)` must keep meaning the contract constructor.
     [OverloadResolutionPriority(1)]
     public CancellationScope(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
@@ -204,6 +209,21 @@ public sealed partial class CancellationScope : IAsyncDisposable
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="work"/> is <see langword="null"/>.</exception>
     /// <exception cref="InvalidOperationException">The scope is cancelled or has ended.</exception>
+    /// <remarks>
+    /// <para>
+    /// Refusing a cancelled scope follows the contract and asyncio's <c>TaskGroup.create_task</c> ("TaskGroup is
+    /// shutting down"); Trio's <c>start_soon</c> differs: it starts the task in a cancelled nursery, which then
+    /// sees <c>Cancelled</c> at its first checkpoint. Code that may race with a cancellation (a body or child that
+    /// keeps starting work) can check <see cref="IsCancellationRequested"/> or catch the exception. If the refusal
+    /// escapes into the nursery form anyway, <c>RunAsync</c> does not report it when it only echoes a cause it
+    /// reports itself (another failure, the deadline, the caller's cancellation): see
+    /// <see cref="RunAsync(Func{CancellationScope, Task}, TimeSpan?, CancellationToken)"/>.
+    /// </para>
+    /// <para>
+    /// A child accepted just before the scope was cancelled is never invoked if the cancellation reaches it before
+    /// it starts (its task ends cancelled), as an asyncio task cancelled before its first step.
+    /// </para>
+    /// </remarks>
 #pragma warning disable VSTHRD200 // Run is the contract's name (Task.Run, asyncio create_task): it starts work, it does not await it.
     public Task Run(Func<CancellationToken, Task> work)
     {
