@@ -96,6 +96,13 @@ public sealed partial class GracefulShutdown : IAsyncDisposable
     /// <remarks>It does not fire when everything finished in time.</remarks>
     public CancellationToken AbortToken => _abort.Token;
 
+    /// <summary>Gets the number of tasks started with <see cref="Run"/> that have not ended yet.</summary>
+    /// <remarks>
+    /// A task counts as ended once the shutdown has recorded its outcome, which happens on the thread that completed
+    /// it, just after its continuations that run asynchronously were scheduled.
+    /// </remarks>
+    public int RunningCount => Volatile.Read(ref _running);
+
     /// <summary>Gets a value indicating whether the shutdown has started (it may also have finished).</summary>
     public bool IsShuttingDown => Volatile.Read(ref _reason) is not null;
 

@@ -72,6 +72,9 @@ public sealed class GracefulShutdownPeerTests
 
         var pending = shutdown.ShutdownAsync();
         await quick.ContinueWith(_ => { }, TaskScheduler.Default).WithTimeout();
+
+        // The shutdown records quick's end on the thread that completed it, possibly after the continuation above ran.
+        await AsyncAssert.EventuallyAsync(() => shutdown.RunningCount == 1, "quick's end is recorded");
         clock.Advance(DrainTimeout);
         var report = await pending.WithTimeout();
 

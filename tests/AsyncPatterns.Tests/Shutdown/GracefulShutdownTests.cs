@@ -52,6 +52,26 @@ public class GracefulShutdownTests
     }
 
     [Fact]
+    public async Task RunningCount_counts_tracked_work_until_it_ends()
+    {
+        await using var shutdown = new GracefulShutdown(new GracefulShutdownOptions { TimeProvider = new ManualTimeProvider() });
+        var first = new TaskCompletionSource();
+        var second = new TaskCompletionSource();
+        _ = shutdown.Run(_ => first.Task);
+        _ = shutdown.Run(_ => second.Task);
+        _ = shutdown.Run(_ => Task.CompletedTask);
+
+        shutdown.RunningCount.Should().Be(2, "work that ended synchronously is not running");
+        first.SetResult();
+        shutdown.RunningCount.Should().Be(1);
+        second.SetException(new InvalidOperationException("boom"));
+        shutdown.RunningCount.Should().Be(0);
+        var report = await shutdown.ShutdownAsync().WithTimeout();
+        report.TasksCompleted.Should().Be(2);
+        report.TasksFaulted.Should().Be(1);
+    }
+
+    [Fact]
     public async Task ShutdownAsync_fires_StoppingToken_before_it_returns()
     {
         var clock = new ManualTimeProvider();
