@@ -210,7 +210,16 @@ public sealed partial class CancellationScope
     {
         lock (_lock)
         {
-            (_failures ??= []).AddRange(failures);
+            _failures ??= [];
+            foreach (var failure in failures)
+            {
+                // The body (or a sibling) that awaits a failed child and lets its exception escape rethrows the same
+                // instance: that is one failure, not two ("one failure is rethrown as itself").
+                if (!_failures.Exists(recorded => ReferenceEquals(recorded, failure)))
+                {
+                    _failures.Add(failure);
+                }
+            }
         }
 
         if (_failFast)

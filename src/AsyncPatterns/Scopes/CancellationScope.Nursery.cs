@@ -26,7 +26,8 @@ public sealed partial class CancellationScope
     /// are thrown as an <see cref="AggregateException"/> with the first cause first; if the deadline passed, a
     /// <see cref="TimeoutException"/>; if <paramref name="cancellationToken"/> was cancelled, an
     /// <see cref="OperationCanceledException"/>. Cancellations the scope caused are never failures, and
-    /// <see cref="Cancel"/> is a quiet way to stop: the task then completes normally.
+    /// <see cref="Cancel"/> is a quiet way to stop: the task then completes normally. A failure is one exception
+    /// instance: a body or child that awaits a failed child and lets its exception escape adds nothing new.
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="body"/> is <see langword="null"/>.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is zero or negative (other than infinite).</exception>

@@ -23,6 +23,49 @@ public sealed class CancellationScopePeerTests
         }
     }
 
+    [Fact] // the README's nursery example: the body awaits a child that fails and lets its exception escape
+    public async Task A_body_that_awaits_a_failing_child_reports_the_one_failure_as_itself()
+    {
+        var error = new InvalidOperationException("profile service down");
+        var act = () => CancellationScope.RunAsync(async scope =>
+        {
+            var profile = scope.Run<string>(async _ =>
+            {
+                await Task.Yield();
+                throw error;
+            });
+            var history = scope.Run(ct => Task.Delay(Timeout.Infinite, ct));
+            await profile; // rethrows the child's own exception instance
+            await history;
+        });
+
+        for (var i = 0; i < 50; i++)
+        {
+            (await act.Should().ThrowExactlyAsync<InvalidOperationException>().WithTimeout()).Which.Should().BeSameAs(error);
+        }
+    }
+
+    [Fact]
+    public async Task A_child_that_awaits_a_failing_sibling_reports_the_one_failure_as_itself()
+    {
+        var error = new TimeoutException("upstream");
+        var act = () => CancellationScope.RunAsync(scope =>
+        {
+            var first = scope.Run(async _ =>
+            {
+                await Task.Yield();
+                throw error;
+            });
+            _ = scope.Run(async _ => await first);
+            return Task.CompletedTask;
+        });
+
+        for (var i = 0; i < 50; i++)
+        {
+            (await act.Should().ThrowExactlyAsync<TimeoutException>().WithTimeout()).Which.Should().BeSameAs(error);
+        }
+    }
+
     [Fact] // taskgroup_no_create_task_after_failure: a cancelled child that tries to start work is refused
     public async Task A_child_that_starts_work_after_a_failure_is_refused_and_only_the_failure_is_reported()
     {
