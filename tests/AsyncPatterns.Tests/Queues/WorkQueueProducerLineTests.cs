@@ -429,6 +429,61 @@ public sealed class WorkQueueProducerLineTests
         return (Task.WhenAll(tasks), items);
     }
 
+    /// <summary>
+    /// Two threads close the queue at once; the one that loses the race must not return from Complete (or from a
+    /// drain cut short) before the queue refuses work: a TryEnqueue or an admission from the line after that is an
+    /// item accepted by a closed queue, after a drain that promised to refuse new work.
+    /// </summary>
+    [Fact]
+    public void Complete_returns_only_once_the_queue_refuses_work_even_when_another_thread_is_closing_it_at_the_same_moment()
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var iterations = 0;
+        var acceptedAfterClose = 0;
+        var stop = false;
+        var queue = new WorkQueue<int>(static (_, _) => default, new WorkQueueOptions<int> { Capacity = 4 });
+        var lateAccepted = false;
+        using var barrier = new Barrier(2, b =>
+        {
+            if (b.CurrentPhaseNumber % 2 == 1)
+            {
+                iterations++;
+                acceptedAfterClose += lateAccepted ? 1 : 0;
+                lateAccepted = false;
+                queue.DrainAsync().Wait();
+                queue = new WorkQueue<int>(static (_, _) => default, new WorkQueueOptions<int> { Capacity = 4 });
+                stop = acceptedAfterClose > 0 || clock.Elapsed > TimeSpan.FromSeconds(2);
+            }
+        });
+
+        var first = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop))
+            {
+                barrier.SignalAndWait();
+                queue.Complete();
+                barrier.SignalAndWait();
+            }
+        });
+        var second = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop))
+            {
+                barrier.SignalAndWait();
+                queue.Complete();
+                lateAccepted = queue.TryEnqueue(1);
+                barrier.SignalAndWait();
+            }
+        });
+        first.Start();
+        second.Start();
+        first.Join(TimeSpan.FromSeconds(30)).Should().BeTrue();
+        second.Join(TimeSpan.FromSeconds(30)).Should().BeTrue();
+
+        acceptedAfterClose.Should().Be(0, $"TryEnqueue after Complete returned must refuse (iteration {iterations})");
+        iterations.Should().BeGreaterThan(100);
+    }
+
     private const int Accepted = 1;
     private const int Cancelled = 2;
     private const int Closed = 3;
