@@ -253,13 +253,16 @@ public sealed partial class WorkQueue<T> : IDrainable, IAsyncDisposable, IWorkQu
     /// </remarks>
     public void Complete()
     {
-        if (Interlocked.Exchange(ref _closed, 1) != 0)
-        {
-            return;
-        }
+        var first = Interlocked.Exchange(ref _closed, 1) == 0;
 
+        // Every caller completes the writer before it returns (idempotent), not only the first: a caller that lost the
+        // race to another thread still inside Complete must not return while the channel accepts writes (TryEnqueue,
+        // a waiting producer's admission, or a cut-short drain that empties the channel and then sees a write land).
         _writer.TryComplete();
-        WorkQueueLog.Closed(_logger, _context.Name, Count, InFlight);
+        if (first)
+        {
+            WorkQueueLog.Closed(_logger, _context.Name, Count, InFlight);
+        }
     }
 
     /// <summary>
