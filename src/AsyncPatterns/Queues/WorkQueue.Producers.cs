@@ -135,7 +135,9 @@ public sealed partial class WorkQueue<T>
 
         if (pump)
         {
-            _ = PumpAsync();
+            // On the pool, without the leader's ExecutionContext: the leader's EnqueueAsync returns at once instead of
+            // admitting the whole line first, and the pump does not keep the leader's AsyncLocals alive while it waits.
+            ThreadPool.UnsafeQueueUserWorkItem(static queue => _ = queue.PumpAsync(), this, preferLocal: false);
         }
     }
 
