@@ -1127,4 +1127,264 @@ public sealed class CircuitBreakerBlackBoxTests
         await SucceedOnce(breaker);
         breaker.State.Should().Be(CircuitState.Closed);
     }
+
+    // ---------------------------------------------------------------- second round: adversarial
+
+    [Fact]
+    public async Task ExecuteOutcomeAsync_returns_refusals_and_failures_as_outcomes_without_throwing()
+    {
+        var breaker = Create(o => o.FailureThreshold = 1);
+        var ok = await breaker.ExecuteOutcomeAsync(_ => new ValueTask<int>(3));
+        ok.Result.Should().Be(3);
+        ok.Exception.Should().BeNull();
+
+        var boom = new BoomException();
+        var failed = await breaker.ExecuteOutcomeAsync<int>(_ => ValueTask.FromException<int>(boom));
+        failed.Exception.Should().BeSameAs(boom);
+        breaker.State.Should().Be(CircuitState.Open);
+
+        var ran = false;
+        var refused = await breaker.ExecuteOutcomeAsync(_ => { ran = true; return new ValueTask<int>(1); });
+        refused.Exception.Should().BeOfType<BrokenCircuitException>();
+        ran.Should().BeFalse();
+
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        (await breaker.ExecuteOutcomeAsync(_ => new ValueTask<int>(1), cts.Token)).Exception.Should().BeAssignableTo<OperationCanceledException>();
+    }
+
+    [Fact]
+    public async Task A_slow_sibling_trial_succeeding_after_another_trial_reopened_the_circuit_does_not_close_it()
+    {
+        var breaker = Create(o => o.HalfOpenMaxCalls = 2);
+        await FailTimes(breaker, 3);
+        _clock.Advance(Break);
+        var failGate = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var okGate = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var failing = breaker.ExecuteAsync(_ => new ValueTask<int>(failGate.Task)).AsTask();
+        var succeeding = breaker.ExecuteAsync(_ => new ValueTask<int>(okGate.Task)).AsTask();
+        breaker.GetStatistics().HalfOpenTrialsInFlight.Should().Be(2);
+
+        failGate.SetException(new BoomException());
+        await FluentActions.Awaiting(() => failing.WithTimeout()).Should().ThrowAsync<BoomException>();
+        breaker.State.Should().Be(CircuitState.Open);
+
+        okGate.SetResult(1);
+        await succeeding.WithTimeout();
+        breaker.State.Should().Be(CircuitState.Open, "a trial of a half-open period that already ended cannot close the re-opened circuit");
+        (await Refused<BrokenCircuitException>(breaker)).RetryAfter.Should().Be(Break);
+    }
+
+    [Fact]
+    public async Task A_slow_sibling_trial_failing_after_another_trial_closed_the_circuit_is_one_closed_failure()
+    {
+        var breaker = Create(o => o.HalfOpenMaxCalls = 2);
+        await FailTimes(breaker, 3);
+        _clock.Advance(Break);
+        var okGate = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var failGate = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var succeeding = breaker.ExecuteAsync(_ => new ValueTask<int>(okGate.Task)).AsTask();
+        var failing = breaker.ExecuteAsync(_ => new ValueTask<int>(failGate.Task)).AsTask();
+        okGate.SetResult(1);
+        await succeeding.WithTimeout();
+        breaker.State.Should().Be(CircuitState.Closed);
+        failGate.SetException(new BoomException());
+        await FluentActions.Awaiting(() => failing.WithTimeout()).Should().ThrowAsync<BoomException>();
+        breaker.State.Should().Be(CircuitState.Closed);
+        breaker.GetStatistics().ConsecutiveFailures.Should().Be(1);
+    }
+
+    [Fact]
+    public async Task Half_open_refusals_with_several_slots_say_when_the_half_open_period_ends()
+    {
+        var breaker = Create(o => o.HalfOpenMaxCalls = 2);
+        await FailTimes(breaker, 3);
+        _clock.Advance(Break);
+        var gate = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var a = breaker.ExecuteAsync(_ => new ValueTask<int>(gate.Task)).AsTask();
+        _clock.Advance(TimeSpan.FromSeconds(10));
+        var b = breaker.ExecuteAsync(_ => new ValueTask<int>(gate.Task)).AsTask();
+        _clock.Advance(TimeSpan.FromSeconds(5));
+        (await Refused<BrokenCircuitException>(breaker)).RetryAfter.Should().Be(TimeSpan.FromSeconds(45));
+        gate.SetResult(1);
+        await Task.WhenAll(a, b).WithTimeout();
+        breaker.State.Should().Be(CircuitState.Closed);
+    }
+
+    [Fact]
+    public async Task Isolating_twice_and_resetting_a_closed_circuit_report_nothing_new()
+    {
+        var changes = new ConcurrentQueue<CircuitStateChange>();
+        var breaker = Create(o => o.OnStateChanged = c => { changes.Enqueue(c); return ValueTask.CompletedTask; });
+        breaker.Reset();
+        changes.Should().BeEmpty();
+        breaker.Isolate();
+        breaker.Isolate();
+        changes.Should().ContainSingle().Which.Reason.Should().Be(CircuitStateChangeReason.Isolated);
+        breaker.Reset();
+        changes.Should().HaveCount(2);
+        changes.Last().Reason.Should().Be(CircuitStateChangeReason.Reset);
+        breaker.GetStatistics().TimesOpened.Should().Be(0, "isolation is not counted as an opening");
+    }
+
+    [Fact]
+    public async Task The_call_that_opens_the_circuit_waits_for_an_async_OnStateChanged()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var breaker = Create(o => { o.FailureThreshold = 1; o.OnStateChanged = async _ => await gate.Task; });
+        var call = breaker.ExecuteAsync<int>(_ => ValueTask.FromException<int>(new BoomException())).AsTask();
+        await AsyncAssert.StillPendingAsync(call, "as in Polly, the call waits for the state-change callback");
+        breaker.State.Should().Be(CircuitState.Open, "the state changed before the callback");
+        gate.SetResult();
+        await FluentActions.Awaiting(() => call.WithTimeout()).Should().ThrowAsync<BoomException>();
+    }
+
+    [Fact]
+    public async Task OnStateChanged_may_reset_the_breaker_from_inside_the_callback()
+    {
+        var changes = new ConcurrentQueue<CircuitStateChange>();
+        CircuitBreaker breaker = null!;
+        breaker = Create(o =>
+        {
+            o.FailureThreshold = 1;
+            o.OnStateChanged = c =>
+            {
+                changes.Enqueue(c);
+                if (c.NewState == CircuitState.Open)
+                {
+                    breaker.Reset();
+                }
+
+                return ValueTask.CompletedTask;
+            };
+        });
+
+        await FailOnce(breaker).WithTimeout(TimeSpan.FromSeconds(5));
+        await AsyncAssert.EventuallyAsync(() => changes.Count == 2, "both changes are delivered", TimeSpan.FromSeconds(5));
+        breaker.State.Should().Be(CircuitState.Closed);
+        changes.Select(c => c.NewState).Should().Equal(CircuitState.Open, CircuitState.Closed);
+    }
+
+    [Fact]
+    public async Task OnStateChanged_may_run_calls_through_the_breaker()
+    {
+        var refusedInside = false;
+        CircuitBreaker breaker = null!;
+        breaker = Create(o =>
+        {
+            o.FailureThreshold = 1;
+            o.OnStateChanged = async c =>
+            {
+                if (c.NewState == CircuitState.Open)
+                {
+                    var outcome = await breaker.ExecuteOutcomeAsync(_ => new ValueTask<int>(1));
+                    refusedInside = outcome.Exception is BrokenCircuitException;
+                }
+            };
+        });
+        await FailOnce(breaker).WithTimeout(TimeSpan.FromSeconds(5));
+        refusedInside.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task Concurrent_half_open_admission_never_exceeds_HalfOpenMaxCalls()
+    {
+        var breaker = Create(o => o.HalfOpenMaxCalls = 2);
+        for (var round = 0; round < 20; round++)
+        {
+            await FailTimes(breaker, round == 0 ? 3 : 0);
+            _clock.Advance(Break);
+            var gate = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var running = 0;
+            var maxRunning = 0;
+            using var start = new Barrier(4);
+            var outcomes = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => Task.Run(() =>
+            {
+                start.SignalAndWait();
+                return Enumerable.Range(0, 10).Select(__ => breaker.ExecuteAsync(async ___ =>
+                {
+                    var now = Interlocked.Increment(ref running);
+                    int seen;
+                    while ((seen = Volatile.Read(ref maxRunning)) < now && Interlocked.CompareExchange(ref maxRunning, now, seen) != seen)
+                    {
+                    }
+
+                    try
+                    {
+                        return await gate.Task;
+                    }
+                    finally
+                    {
+                        Interlocked.Decrement(ref running);
+                    }
+                }).AsTask()).ToList();
+            }))).WithTimeout();
+
+            var calls = outcomes.SelectMany(x => x).ToList();
+            await AsyncAssert.EventuallyAsync(() => calls.Count(c => c.IsFaulted) == 38, $"round {round}: 38 of 40 refused");
+            maxRunning.Should().Be(2, $"round {round}");
+
+            // Fail the trials: back to open for the next round.
+            gate.SetException(new BoomException());
+            foreach (var c in calls.Where(c => !c.IsFaulted || c.Exception!.InnerException is BoomException))
+            {
+                await FluentActions.Awaiting(() => c.WithTimeout()).Should().ThrowAsync<BoomException>();
+            }
+
+            breaker.State.Should().Be(CircuitState.Open, $"round {round}");
+        }
+
+        var s = breaker.GetStatistics();
+        (s.Successes + s.Failures + s.IgnoredOutcomes + s.Rejections).Should().Be(3 + 20 * 40);
+    }
+
+    [Fact]
+    public async Task Stress_mixed_outcomes_with_transitions_keep_the_counters_consistent()
+    {
+        var breaker = Create(o => { o.FailureThreshold = 2; o.HalfOpenMaxCalls = 3; o.BreakDuration = TimeSpan.FromMilliseconds(10); });
+        var calls = 0L;
+        using var stop = new CancellationTokenSource();
+        var ticker = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                _clock.AdvanceMilliseconds(3);
+                await Task.Yield();
+            }
+        });
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(t => Task.Run(async () =>
+        {
+            var random = new Random(t);
+            for (var i = 0; i < 3_000; i++)
+            {
+                Interlocked.Increment(ref calls);
+                var kind = random.Next(4);
+                using var cts = new CancellationTokenSource();
+                var outcome = await breaker.ExecuteOutcomeAsync(async ct =>
+                {
+                    if (kind == 0)
+                    {
+                        await Task.Yield();
+                        throw new BoomException();
+                    }
+
+                    if (kind == 1)
+                    {
+                        cts.Cancel();
+                        ct.ThrowIfCancellationRequested();
+                    }
+
+                    return 1;
+                }, cts.Token);
+                _ = outcome;
+            }
+        }))).WithTimeout();
+        stop.Cancel();
+        await ticker.WithTimeout();
+
+        var s = breaker.GetStatistics();
+        (s.Successes + s.Failures + s.IgnoredOutcomes + s.Rejections).Should().Be(calls);
+        s.HalfOpenTrialsInFlight.Should().Be(0);
+        s.TimesOpened.Should().BeGreaterThan(0);
+    }
 }

@@ -932,4 +932,255 @@ public sealed class RateLimitingBlackBoxTests
         var waiter = limiter.AcquireAsync().AsTask();
         Granted(await waiter.WithTimeout(TimeSpan.FromSeconds(5)));
     }
+
+    // ---------------------------------------------------------------- second round: adversarial
+
+    [Fact]
+    public async Task QueueLimit_counts_permits_not_requests()
+    {
+        using var limiter = Create(o => { o.Burst = 2; o.QueueLimit = 3; });
+        Granted(limiter.AttemptAcquire(2));
+        var two = limiter.AcquireAsync(2).AsTask();
+        Refused(await limiter.AcquireAsync(2).AsTask().WithTimeout());
+        var one = limiter.AcquireAsync(1).AsTask();
+        limiter.GetStatistics()!.CurrentQueuedCount.Should().Be(3);
+        Refused(await limiter.AcquireAsync(1).AsTask().WithTimeout());
+        _clock.Advance(3 * T);
+        Granted(await two.WithTimeout());
+        Granted(await one.WithTimeout());
+    }
+
+    [Fact]
+    public async Task NewestFirst_lets_a_new_request_take_a_due_permit_while_others_wait()
+    {
+        using var limiter = Create(o => { o.Burst = 2; o.QueueLimit = 4; o.QueueProcessingOrder = QueueProcessingOrder.NewestFirst; });
+        Granted(limiter.AttemptAcquire(2));
+        var big = limiter.AcquireAsync(2).AsTask();
+        _clock.Advance(T);
+        Granted(limiter.AttemptAcquire(1));
+        await AsyncAssert.StillPendingAsync(big);
+        _clock.Advance(2 * T);
+        Granted(await big.WithTimeout());
+    }
+
+    [Fact]
+    public async Task NewestFirst_a_request_larger_than_QueueLimit_is_refused_without_evicting()
+    {
+        using var limiter = Create(o => { o.Burst = 3; o.QueueLimit = 2; o.QueueProcessingOrder = QueueProcessingOrder.NewestFirst; });
+        Granted(limiter.AttemptAcquire(3));
+        var waiter = limiter.AcquireAsync(1).AsTask();
+        Refused(await limiter.AcquireAsync(3).AsTask().WithTimeout());
+        waiter.IsCompleted.Should().BeFalse();
+        _clock.Advance(T);
+        Granted(await waiter.WithTimeout());
+    }
+
+    [Fact]
+    public async Task Cancelling_the_last_waiter_and_then_advancing_grants_nothing_spurious()
+    {
+        using var limiter = Create(o => o.QueueLimit = 2);
+        Granted(limiter.AttemptAcquire());
+        using var cts = new CancellationTokenSource();
+        var w = limiter.AcquireAsync(1, cts.Token).AsTask();
+        cts.Cancel();
+        await FluentActions.Awaiting(() => w.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+        _clock.Advance(T);
+        Granted(limiter.AttemptAcquire());
+        Refused(limiter.AttemptAcquire()).Should().Be(T);
+        limiter.GetStatistics()!.CurrentQueuedCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Cancelling_a_middle_waiter_pulls_the_later_ones_forward()
+    {
+        using var limiter = Create(o => o.QueueLimit = 5);
+        Granted(limiter.AttemptAcquire());
+        using var cts = new CancellationTokenSource();
+        var a = limiter.AcquireAsync().AsTask();
+        var b = limiter.AcquireAsync(1, cts.Token).AsTask();
+        var c = limiter.AcquireAsync().AsTask();
+        cts.Cancel();
+        await FluentActions.Awaiting(() => b.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+        _clock.Advance(T);
+        Granted(await a.WithTimeout());
+        await AsyncAssert.StillPendingAsync(c);
+        _clock.Advance(T);
+        Granted(await c.WithTimeout());
+    }
+
+    [Fact]
+    public async Task Disposing_with_waiters_and_a_pending_timer_then_advancing_is_harmless()
+    {
+        var limiter = Create(o => o.QueueLimit = 5);
+        Granted(limiter.AttemptAcquire());
+        var waiters = Enumerable.Range(0, 3).Select(_ => limiter.AcquireAsync().AsTask()).ToList();
+        limiter.Dispose();
+        foreach (var w in waiters)
+        {
+            var lease = await w.WithTimeout();
+            lease.IsAcquired.Should().BeFalse();
+            lease.TryGetMetadata(MetadataName.RetryAfter, out _).Should().BeFalse("waiters failed by dispose get no RetryAfter");
+        }
+
+        FluentActions.Invoking(() => _clock.Advance(T * 10)).Should().NotThrow();
+        FluentActions.Invoking(() => limiter.GetStatistics()).Should().Throw<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public void A_fresh_limiter_is_idle()
+    {
+        using var limiter = Create(o => o.Burst = 3);
+        limiter.IdleDuration.Should().NotBeNull();
+        _clock.AdvanceMilliseconds(250);
+        limiter.IdleDuration.Should().NotBeNull();
+        limiter.IdleDuration!.Value.Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(250));
+    }
+
+    [Fact]
+    public async Task IdleDuration_is_null_while_anyone_waits()
+    {
+        using var limiter = Create(o => o.QueueLimit = 1);
+        Granted(limiter.AttemptAcquire());
+        var w = limiter.AcquireAsync().AsTask();
+        limiter.IdleDuration.Should().BeNull();
+        _clock.Advance(T);
+        Granted(await w.WithTimeout());
+        limiter.IdleDuration.Should().BeNull();
+        _clock.Advance(T * 2);
+        limiter.IdleDuration.Should().Be(T);
+    }
+
+    [Fact]
+    public void A_rate_beyond_the_clocks_resolution_is_refused_naming_the_option()
+    {
+        var ex = FluentActions.Invoking(() => Create(o => o.PermitsPerSecond = 1e15)).Should().Throw<ArgumentOutOfRangeException>().Which;
+        ex.ParamName.Should().Be(nameof(GcraRateLimiterOptions.PermitsPerSecond));
+        var slow = FluentActions.Invoking(() => Create(o => o.PermitsPerSecond = 1e-12)).Should().Throw<ArgumentOutOfRangeException>().Which;
+        slow.ParamName.Should().BeOneOf(nameof(GcraRateLimiterOptions.PermitsPerSecond), nameof(GcraRateLimiterOptions.Burst));
+    }
+
+    [Fact]
+    public async Task Stress_waiters_with_random_cancellations_are_each_granted_or_cancelled_and_never_faster_than_the_rate()
+    {
+        using var limiter = Create(o => { o.PermitsPerSecond = 100; o.QueueLimit = 1_000; });
+        var interval = TimeSpan.FromMilliseconds(10);
+        var random = new Random(7);
+        var sources = new List<CancellationTokenSource>();
+        var waiters = new List<Task<RateLimitLease>>();
+        var producers = Enumerable.Range(0, 4).Select(p => Task.Run(() =>
+        {
+            var local = new List<(CancellationTokenSource, Task<RateLimitLease>)>();
+            for (var i = 0; i < 50; i++)
+            {
+                var cts = new CancellationTokenSource();
+                local.Add((cts, limiter.AcquireAsync(1, cts.Token).AsTask()));
+            }
+
+            return local;
+        })).ToList();
+        foreach (var (cts, task) in (await Task.WhenAll(producers).WithTimeout()).SelectMany(x => x))
+        {
+            sources.Add(cts);
+            waiters.Add(task);
+        }
+
+        var cancellers = Task.Run(() =>
+        {
+            foreach (var cts in sources.Where((_, i) => i % 3 == 0))
+            {
+                cts.Cancel();
+            }
+        });
+        var granted = 0;
+        for (var step = 1; step <= 250; step++)
+        {
+            _clock.Advance(interval);
+            await Task.Yield();
+            var now = waiters.Count(w => w.IsCompletedSuccessfully && w.Result.IsAcquired);
+            now.Should().BeLessThanOrEqualTo(step + 1, "one at t = 0, then at most one permit per interval");
+            granted = now;
+        }
+
+        await cancellers.WithTimeout();
+        await Task.WhenAll(waiters.Select(w => w.ContinueWith(_ => { }, TaskScheduler.Default))).WithTimeout();
+        var cancelled = waiters.Count(w => w.IsCanceled);
+        var ok = waiters.Count(w => w.IsCompletedSuccessfully && w.Result.IsAcquired);
+        (cancelled + ok).Should().Be(200, "every waiter is granted or cancelled");
+        waiters.Should().NotContain(w => w.IsFaulted);
+        limiter.GetStatistics()!.CurrentQueuedCount.Should().Be(0);
+        limiter.GetStatistics()!.TotalSuccessfulLeases.Should().Be(ok);
+        foreach (var cts in sources)
+        {
+            cts.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task Chained_limiter_cancelled_while_waiting_for_the_rate_gives_back_its_concurrency_slot()
+    {
+        using var limiter = CombinedRateLimiter.Create(maxConcurrency: 1, permitsPerSecond: 10, queueLimit: 5, timeProvider: _clock);
+        Granted(await limiter.AcquireAsync().AsTask().WithTimeout());
+        using var cts = new CancellationTokenSource();
+        var waiting = limiter.AcquireAsync(1, cts.Token).AsTask();       // takes the slot, waits for the rate
+        await AsyncAssert.StillPendingAsync(waiting);
+        cts.Cancel();
+        await FluentActions.Awaiting(() => waiting.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+
+        _clock.Advance(T);
+        using var next = await limiter.AcquireAsync().AsTask().WithTimeout();
+        next.IsAcquired.Should().BeTrue("the cancelled caller did not keep the only slot");
+    }
+
+    [Fact]
+    public async Task RunAsync_cancelled_during_the_action_surfaces_the_cancellation_and_releases()
+    {
+        using var limiter = new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = 1, QueueLimit = 0 });
+        await FluentActions.Awaiting(() => limiter.RunAsync<int>(_ => throw new FormatException()).AsTask().WithTimeout()).Should().ThrowAsync<FormatException>();
+        limiter.GetStatistics()!.CurrentAvailablePermits.Should().Be(1, "a synchronous throw releases the permit too");
+    }
+
+    [Fact]
+    public async Task RunAsync_through_the_RateLimiter_base_type_and_with_zero_permits()
+    {
+        RateLimiter limiter = Create();
+        (await limiter.RunAsync(_ => new ValueTask<int>(1), permits: 0).AsTask().WithTimeout()).Should().Be(1);
+        (await limiter.RunAsync(_ => new ValueTask<int>(2)).AsTask().WithTimeout()).Should().Be(2);
+        limiter.Dispose();
+    }
+
+    [Fact]
+    public async Task Refusals_evictions_and_dispose_are_counted_in_the_refused_metric()
+    {
+        var name = "gcra-" + Guid.NewGuid().ToString("N");
+        var refused = 0L;
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "AsyncPatterns" && instrument.Name == "asyncpatterns.ratelimiter.refused")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "asyncpatterns.name" && Equals(tag.Value, name))
+                {
+                    Interlocked.Add(ref refused, value);
+                }
+            }
+        });
+        listener.Start();
+
+        var limiter = Create(o => { o.Name = name; o.QueueLimit = 1; o.QueueProcessingOrder = QueueProcessingOrder.NewestFirst; o.Burst = 2; });
+        Granted(limiter.AttemptAcquire(2));
+        Refused(limiter.AttemptAcquire(2));                  // 2 permits refused
+        var evicted = limiter.AcquireAsync(1).AsTask();
+        var queued = limiter.AcquireAsync(1).AsTask();      // evicts the first: 1 permit
+        Refused(await evicted.WithTimeout());
+        limiter.Dispose();                                  // fails the queued one: 1 permit
+        Refused(await queued.WithTimeout());
+        Interlocked.Read(ref refused).Should().Be(4);
+    }
 }
