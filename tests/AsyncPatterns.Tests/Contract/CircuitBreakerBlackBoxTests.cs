@@ -1387,4 +1387,70 @@ public sealed class CircuitBreakerBlackBoxTests
         s.HalfOpenTrialsInFlight.Should().Be(0);
         s.TimesOpened.Should().BeGreaterThan(0);
     }
+
+    // ---------------------------------------------------------------- shared rules: cost and ConfigureAwait(false)
+
+    private static readonly Func<CancellationToken, ValueTask<int>> SyncSuccess = _ => new ValueTask<int>(1);
+
+    [Fact]
+    public async Task The_closed_success_path_allocates_nothing()
+    {
+        var breaker = Create();
+        var ratio = Create(o => { o.FailureRatio = 0.5; o.MinimumThroughput = 10; });
+        for (var i = 0; i < 2_000; i++)
+        {
+            await breaker.ExecuteAsync(SyncSuccess);
+            await ratio.ExecuteAsync(SyncSuccess);
+            await breaker.ExecuteAsync(static (s, _) => new ValueTask<int>(s), 3);
+        }
+
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        for (var i = 0; i < 10_000; i++)
+        {
+            await breaker.ExecuteAsync(SyncSuccess);
+            await ratio.ExecuteAsync(SyncSuccess);
+            await breaker.ExecuteAsync(static (s, _) => new ValueTask<int>(s), 3);
+        }
+
+        (GC.GetAllocatedBytesForCurrentThread() - before).Should().BeLessThan(1_000, "a closed-state success allocates nothing");
+    }
+
+    private sealed class CountingSynchronizationContext : SynchronizationContext
+    {
+        public int Posts;
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            Interlocked.Increment(ref Posts);
+            ThreadPool.QueueUserWorkItem(_ => d(state));
+        }
+    }
+
+    [Fact]
+    public async Task Library_awaits_do_not_capture_the_callers_synchronization_context()
+    {
+        var context = new CountingSynchronizationContext();
+        var breaker = Create(o =>
+        {
+            o.FailureThreshold = 1;
+            o.OnStateChanged = async _ => await Task.Delay(1).ConfigureAwait(false);
+        });
+        Task<int> call;
+        Task failing;
+        var previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            call = breaker.ExecuteAsync(async _ => { await Task.Delay(1).ConfigureAwait(false); return 1; }).AsTask();
+            failing = breaker.ExecuteAsync(async _ => { await Task.Delay(1).ConfigureAwait(false); throw new BoomException(); }).AsTask();
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+
+        (await call.WithTimeout()).Should().Be(1);
+        await FluentActions.Awaiting(() => failing.WithTimeout()).Should().ThrowAsync<BoomException>();
+        context.Posts.Should().Be(0);
+    }
 }

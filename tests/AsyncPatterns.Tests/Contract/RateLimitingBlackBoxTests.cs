@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using System.Threading.RateLimiting;
 using AsyncPatterns.Tests.TestSupport;
+using Microsoft.Extensions.Logging;
 using Polly;
 
 namespace AsyncPatterns.Tests.Contract;
@@ -1182,5 +1183,110 @@ public sealed class RateLimitingBlackBoxTests
         limiter.Dispose();                                  // fails the queued one: 1 permit
         Refused(await queued.WithTimeout());
         Interlocked.Read(ref refused).Should().Be(4);
+    }
+
+    // ---------------------------------------------------------------- shared rules: cost and ConfigureAwait(false)
+
+    [Fact]
+    public async Task A_granted_acquire_and_a_synchronous_RunAsync_allocate_nothing()
+    {
+        using var limiter = Create(o => { o.PermitsPerSecond = 1e6; o.Burst = 1_000_000; });
+        Func<CancellationToken, ValueTask<int>> action = static _ => new ValueTask<int>(1);
+        for (var i = 0; i < 2_000; i++)
+        {
+            limiter.AttemptAcquire().Dispose();
+            (await limiter.AcquireAsync()).Dispose();
+            await limiter.RunAsync(action);
+        }
+
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        for (var i = 0; i < 10_000; i++)
+        {
+            limiter.AttemptAcquire().Dispose();
+            (await limiter.AcquireAsync()).Dispose();
+            await limiter.RunAsync(action);
+        }
+
+        (GC.GetAllocatedBytesForCurrentThread() - before).Should().BeLessThan(1_000);
+    }
+
+    private sealed class CountingSynchronizationContext : SynchronizationContext
+    {
+        public int Posts;
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            Interlocked.Increment(ref Posts);
+            ThreadPool.QueueUserWorkItem(_ => d(state));
+        }
+    }
+
+    [Fact]
+    public async Task RunAsync_does_not_capture_the_callers_synchronization_context()
+    {
+        using var limiter = Create(o => o.QueueLimit = 2);
+        Granted(limiter.AttemptAcquire());
+        var context = new CountingSynchronizationContext();
+        Task<int> waiting;
+        Task<int> slowAction;
+        var previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            waiting = limiter.RunAsync(_ => new ValueTask<int>(1)).AsTask();
+            slowAction = new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = 1 })
+                .RunAsync(async _ => { await Task.Delay(1).ConfigureAwait(false); return 2; }).AsTask();
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+
+        _clock.Advance(T);
+        (await waiting.WithTimeout()).Should().Be(1);
+        (await slowAction.WithTimeout()).Should().Be(2);
+        context.Posts.Should().Be(0);
+    }
+
+    private sealed class CapturingLoggerProvider : Microsoft.Extensions.Logging.ILoggerProvider
+    {
+        public ConcurrentQueue<(Microsoft.Extensions.Logging.LogLevel Level, string Message)> Entries { get; } = new();
+
+        public Microsoft.Extensions.Logging.ILogger CreateLogger(string categoryName) => new Logger(this);
+
+        public void Dispose()
+        {
+        }
+
+        private sealed class Logger(CapturingLoggerProvider owner) : Microsoft.Extensions.Logging.ILogger
+        {
+            public IDisposable? BeginScope<TState>(TState state)
+                where TState : notnull => null;
+
+            public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+            public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+                owner.Entries.Enqueue((logLevel, formatter(state, exception)));
+        }
+    }
+
+    [Fact]
+    public async Task Refusals_and_dispose_with_waiters_are_logged_with_the_name()
+    {
+        var provider = new CapturingLoggerProvider();
+        using var factory = Microsoft.Extensions.Logging.LoggerFactory.Create(b =>
+        {
+            b.AddProvider(provider).SetMinimumLevel(LogLevel.Trace);
+        });
+        var limiter = Create(o => { o.Name = "outbound-api"; o.LoggerFactory = factory; o.QueueLimit = 1; });
+        Granted(limiter.AttemptAcquire());
+        provider.Entries.Should().BeEmpty("a grant is not worth a log line");
+        Refused(limiter.AttemptAcquire());
+        provider.Entries.Should().NotBeEmpty();
+        provider.Entries.Should().OnlyContain(e => e.Message.Contains("outbound-api"));
+        var waiter = limiter.AcquireAsync().AsTask();
+        limiter.Dispose();
+        Refused(await waiter.WithTimeout());
+        provider.Entries.Should().Contain(e => e.Level >= Microsoft.Extensions.Logging.LogLevel.Information && e.Message.Contains("outbound-api"));
     }
 }
