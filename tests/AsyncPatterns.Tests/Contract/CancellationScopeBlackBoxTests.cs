@@ -1323,4 +1323,181 @@ public sealed class CancellationScopeBlackBoxTests
         clock.Advance(TimeSpan.FromSeconds(2));
         captured!.TimedOut.Should().BeFalse();
     }
+    // ============================== more adversarial cases ==============================
+
+    [Fact]
+    public async Task A_plain_OperationCanceledException_after_the_scope_was_cancelled_is_a_cancellation_not_a_failure()
+    {
+        var error = new InvalidOperationException("the one failure");
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task? sibling = null;
+        var ex = await CaptureAsync(CancellationScope.RunAsync(async scope =>
+        {
+            sibling = scope.Run(async ct =>
+            {
+                started.SetResult();
+                try
+                {
+                    await Task.Delay(Timeout.Infinite, ct);
+                }
+                catch (OperationCanceledException)
+                {
+                    throw new OperationCanceledException("no token attached");
+                }
+            });
+            await started.Task;
+            _ = scope.Run(_ => FailAfterYieldAsync(error));
+        }));
+        ex.Should().BeSameAs(error);
+        sibling!.IsCanceled.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task A_body_cancelled_by_an_unrelated_token_fails_the_nursery_as_itself()
+    {
+        using var other = new CancellationTokenSource();
+        other.Cancel();
+        var ex = await CaptureAsync(CancellationScope.RunAsync(async scope =>
+        {
+            await Task.Delay(1000, other.Token);
+        }));
+        ex.Should().BeAssignableTo<OperationCanceledException>();
+        ((OperationCanceledException)ex).CancellationToken.Should().Be(other.Token);
+    }
+
+    [Fact]
+    public async Task A_body_failure_and_a_child_failure_during_cancellation_are_aggregated_body_first()
+    {
+        var bodyError = new ApplicationException("body first");
+        var childError = new FormatException("child while cancelled");
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var ex = await CaptureAsync(CancellationScope.RunAsync(async scope =>
+        {
+            _ = scope.Run(async ct =>
+            {
+                started.SetResult();
+                try
+                {
+                    await Task.Delay(Timeout.Infinite, ct);
+                }
+                catch (OperationCanceledException)
+                {
+                    throw childError;
+                }
+            });
+            await started.Task;
+            throw bodyError;
+        }));
+        ex.Should().BeOfType<AggregateException>().Which.InnerExceptions.Should().Equal(bodyError, childError);
+    }
+
+    [Fact]
+    public async Task RunAsync_T_whose_body_was_cancelled_by_Cancel_throws_OperationCanceledException()
+    {
+        var ex = await CaptureAsync(CancellationScope.RunAsync<int>(async scope =>
+        {
+            scope.Cancel();
+            await Task.Delay(Timeout.Infinite, scope.Token);
+            return 1;
+        }));
+        ex.Should().BeAssignableTo<OperationCanceledException>();
+    }
+
+    [Fact]
+    public async Task Non_generic_RunAsync_whose_body_was_cancelled_by_Cancel_completes_normally()
+    {
+        await CancellationScope.RunAsync(async scope =>
+        {
+            scope.Cancel();
+            await Task.Delay(Timeout.Infinite, scope.Token);
+        }).WithTimeout();
+    }
+
+    [Fact]
+    public async Task The_deadline_timer_is_released_when_the_scope_ends()
+    {
+        var clock = new ManualTimeProvider();
+        var scope = FakeScope(clock, TimeSpan.FromMinutes(1));
+        await scope.Run(_ => Task.CompletedTask).WithTimeout();
+        await scope.DisposeAsync().WithTimeout();
+        await AsyncAssert.EventuallyAsync(() => clock.ActiveTimerCount == 0, "the deadline timer is disposed at the end");
+
+        await CancellationScope.RunAsync(s => s.Run(_ => Task.CompletedTask),
+            new CancellationScopeOptions { Timeout = TimeSpan.FromMinutes(1), TimeProvider = clock }).WithTimeout();
+        await AsyncAssert.EventuallyAsync(() => clock.ActiveTimerCount == 0, "the nursery's deadline timer is disposed too");
+    }
+
+    [Fact]
+    public async Task Concurrent_DisposeAsync_calls_all_wait_for_the_children()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var scope = new CancellationScope();
+        _ = scope.Run(_ =>
+        {
+            started.SetResult();
+            return release.Task;
+        });
+        await started.Task.WithTimeout();
+        var disposals = Enumerable.Range(0, 8).Select(_ => Task.Run(async () => await scope.DisposeAsync())).ToArray();
+        await AsyncAssert.StillPendingAsync(Task.WhenAny(disposals));
+        release.SetResult();
+        await Task.WhenAll(disposals).WithTimeout();
+    }
+
+    [Fact]
+    public async Task Completion_completes_once_the_scope_and_its_children_ended_and_never_faults()
+    {
+        var scope = new CancellationScope();
+        _ = scope.Run(_ => FailAfterYieldAsync(new InvalidOperationException()));
+        await AsyncAssert.StillPendingAsync(scope.Completion, "the owner still holds the scope");
+        await scope.DisposeAsync().WithTimeout();
+        await scope.Completion.WithTimeout();
+        scope.Completion.IsCompletedSuccessfully.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task Outer_token_then_deadline_leaves_TimedOut_false_and_deadline_then_outer_token_leaves_it_true()
+    {
+        var clock = new ManualTimeProvider();
+        using (var outer = new CancellationTokenSource())
+        {
+            var scope = FakeScope(clock, TimeSpan.FromSeconds(1), outer.Token);
+            outer.Cancel();
+            clock.Advance(TimeSpan.FromSeconds(1));
+            scope.TimedOut.Should().BeFalse();
+            await scope.DisposeAsync().WithTimeout();
+        }
+
+        using (var outer = new CancellationTokenSource())
+        {
+            var scope = FakeScope(clock, TimeSpan.FromSeconds(1), outer.Token);
+            clock.Advance(TimeSpan.FromSeconds(1));
+            outer.Cancel();
+            scope.TimedOut.Should().BeTrue();
+            await scope.DisposeAsync().WithTimeout();
+        }
+    }
+
+    [Fact]
+    public async Task A_child_cancelled_by_the_callers_token_in_the_nursery_is_not_a_failure()
+    {
+        using var cts = new CancellationTokenSource();
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var run = CancellationScope.RunAsync(scope =>
+        {
+            // the child listens to the caller's token directly, not the scope's
+            _ = scope.Run(async _ =>
+            {
+                started.SetResult();
+                await Task.Delay(Timeout.Infinite, cts.Token);
+            });
+            return Task.CompletedTask;
+        }, cancellationToken: cts.Token);
+        await started.Task.WithTimeout();
+        cts.Cancel();
+        var ex = await CaptureAsync(run);
+        ex.Should().BeAssignableTo<OperationCanceledException>();
+        ex.Should().NotBeOfType<AggregateException>();
+    }
 }

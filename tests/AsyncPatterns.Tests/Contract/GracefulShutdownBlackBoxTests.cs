@@ -751,4 +751,145 @@ public sealed class GracefulShutdownBlackBoxTests
         handled.Should().Be(produced);
         await queue.DisposeAsync();
     }
+    // ------------------------------ more adversarial cases ------------------------------
+
+    [Fact]
+    public async Task A_throwing_AbortToken_callback_is_recorded_and_does_not_escape_the_timer()
+    {
+        var clock = new ManualTimeProvider();
+        await using var shutdown = Create(clock);
+        var error = new InvalidOperationException("abort callback");
+        shutdown.AbortToken.Register(() => throw error);
+        _ = shutdown.Run(_ => new TaskCompletionSource().Task);
+        var report = shutdown.ShutdownAsync();
+        FluentActions.Invoking(() => clock.Advance(Drain)).Should().NotThrow();
+        var r = await report.WithTimeout();
+        r.TimedOut.Should().BeTrue();
+        r.Errors.Should().Contain(error);
+    }
+
+    [Fact]
+    public async Task Abort_before_any_shutdown_starts_it_and_Completion_completes()
+    {
+        await using var shutdown = Create(new ManualTimeProvider());
+        shutdown.Abort();
+        shutdown.IsShuttingDown.Should().BeTrue();
+        shutdown.StoppingToken.IsCancellationRequested.Should().BeTrue();
+        shutdown.AbortToken.IsCancellationRequested.Should().BeTrue();
+        var r = await shutdown.Completion.WithTimeout();
+        r.Reason.Should().NotBeNullOrWhiteSpace();
+    }
+
+    [Fact]
+    public async Task Abort_after_the_shutdown_finished_does_nothing()
+    {
+        await using var shutdown = Create(new ManualTimeProvider());
+        var r = await shutdown.ShutdownAsync().WithTimeout();
+        shutdown.Abort();
+        shutdown.AbortToken.IsCancellationRequested.Should().BeFalse();
+        (await shutdown.Completion).Should().BeSameAs(r);
+        r.TimedOut.Should().BeFalse();
+    }
+
+    [Fact]
+    public async Task No_timer_is_left_behind_once_the_shutdown_finished()
+    {
+        var clock = new ManualTimeProvider();
+        await using var shutdown = Create(clock);
+        shutdown.Register(_ => Task.CompletedTask);
+        await shutdown.Run(_ => Task.CompletedTask).WithTimeout();
+        await shutdown.ShutdownAsync().WithTimeout();
+        await AsyncAssert.EventuallyAsync(() => clock.ActiveTimerCount == 0, "the drain deadline and cleanup bounds are disposed");
+    }
+
+    [Fact]
+    public async Task ShutdownAsync_from_a_StoppingToken_callback_returns_the_same_task_without_deadlock()
+    {
+        await using var shutdown = Create(new ManualTimeProvider());
+        Task<ShutdownReport>? inner = null;
+        shutdown.StoppingToken.Register(() => inner = shutdown.ShutdownAsync("re-entrant"));
+        var outer = shutdown.ShutdownAsync("outer");
+        var r = await outer.WithTimeout();
+        inner.Should().BeSameAs(outer);
+        r.Reason.Should().Be("outer");
+        r.Errors.Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task Register_from_a_drain_is_refused()
+    {
+        await using var shutdown = Create(new ManualTimeProvider());
+        Exception? refusal = null;
+        shutdown.Register(new Drainable(_ =>
+        {
+            try
+            {
+                shutdown.Register(new Drainable(__ => Task.CompletedTask));
+            }
+            catch (Exception ex)
+            {
+                refusal = ex;
+            }
+
+            return Task.CompletedTask;
+        }));
+        await shutdown.ShutdownAsync().WithTimeout();
+        refusal.Should().BeOfType<InvalidOperationException>();
+    }
+
+    [Fact]
+    public async Task Many_tracked_tasks_are_all_counted_and_RunningCount_returns_to_zero()
+    {
+        await using var shutdown = Create(new ManualTimeProvider());
+        var tasks = new List<Task>();
+        for (var i = 0; i < 5000; i++)
+        {
+            tasks.Add(shutdown.Run(i % 2 == 0 ? _ => Task.CompletedTask : async stopping => await Task.Yield()));
+        }
+
+        await Task.WhenAll(tasks).WithTimeout();
+        shutdown.RunningCount.Should().Be(0);
+        var r = await shutdown.ShutdownAsync().WithTimeout();
+        r.TasksCompleted.Should().Be(5000);
+    }
+
+    [Fact]
+    public async Task Concurrent_DisposeAsync_and_ShutdownAsync_agree_on_one_report()
+    {
+        var shutdown = Create(new ManualTimeProvider());
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _ = shutdown.Run(_ => release.Task);
+        var a = Task.Run(() => shutdown.ShutdownAsync("a"));
+        var b = Task.Run(async () => await shutdown.DisposeAsync());
+        await AsyncAssert.EventuallyAsync(() => shutdown.IsShuttingDown);
+        release.SetResult();
+        var r = await a.WithTimeout();
+        await b.WithTimeout();
+        (await shutdown.Completion).Should().BeSameAs(r);
+        r.TasksCompleted.Should().Be(1);
+    }
+
+    [Fact]
+    public async Task Elapsed_of_an_aborted_shutdown_is_the_drain_timeout_plus_the_cleanup_time()
+    {
+        var clock = new ManualTimeProvider();
+        await using var shutdown = Create(clock, cleanup: TimeSpan.FromSeconds(30));
+        var cleanupEntered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var cleanupRelease = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        shutdown.Register(async _ =>
+        {
+            cleanupEntered.SetResult();
+            await cleanupRelease.Task;
+        });
+        _ = shutdown.Run(_ => new TaskCompletionSource().Task);
+        var report = shutdown.ShutdownAsync();
+        clock.Advance(Drain);
+        await cleanupEntered.Task.WithTimeout();
+        clock.Advance(TimeSpan.FromSeconds(2));
+        cleanupRelease.SetResult();
+        var r = await report.WithTimeout();
+        r.Elapsed.Should().Be(Drain + TimeSpan.FromSeconds(2));
+        r.TimedOut.Should().BeTrue();
+        r.Errors.Should().BeEmpty();
+    }
 }
