@@ -1500,4 +1500,49 @@ public sealed class CancellationScopeBlackBoxTests
         ex.Should().BeAssignableTo<OperationCanceledException>();
         ex.Should().NotBeOfType<AggregateException>();
     }
+    [Fact]
+    public async Task Docs_example_first_of_two_queries_wins_and_leaving_cancels_the_slower_one()
+    {
+        Task<string> fromPrimary;
+        Task<string> fromReplica;
+        string result;
+        var scope = new CancellationScope(TimeSpan.FromSeconds(30));
+        await using (scope.ConfigureAwait(false))
+        {
+            fromPrimary = scope.Run(async ct =>
+            {
+                await Task.Delay(Timeout.Infinite, ct);
+                return "primary";
+            });
+            fromReplica = scope.Run(async ct =>
+            {
+                await Task.Yield();
+                return "replica";
+            });
+            result = await (await Task.WhenAny(fromPrimary, fromReplica).WithTimeout());
+        }
+
+        result.Should().Be("replica");
+        fromPrimary.IsCanceled.Should().BeTrue("the slower query has been cancelled and has ended");
+        scope.TimedOut.Should().BeFalse();
+    }
+
+    [Fact]
+    public async Task A_child_failing_after_the_body_returned_its_value_fails_RunAsync_T()
+    {
+        var error = new InvalidOperationException("late child");
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var run = CancellationScope.RunAsync(scope =>
+        {
+            _ = scope.Run(async _ =>
+            {
+                await release.Task;
+                throw error;
+            });
+            return Task.FromResult(123);
+        });
+        await AsyncAssert.StillPendingAsync(run);
+        release.SetResult();
+        (await CaptureAsync(run)).Should().BeSameAs(error);
+    }
 }

@@ -892,4 +892,49 @@ public sealed class GracefulShutdownBlackBoxTests
         r.TimedOut.Should().BeTrue();
         r.Errors.Should().BeEmpty();
     }
+    [Fact]
+    public async Task A_drain_that_throws_OperationCanceledException_before_any_abort_is_an_error()
+    {
+        await using var shutdown = Create(new ManualTimeProvider());
+        using var own = new CancellationTokenSource();
+        own.Cancel();
+        shutdown.Register(new Drainable(_ => Task.FromCanceled(own.Token)));
+        var r = await shutdown.ShutdownAsync().WithTimeout();
+        r.TimedOut.Should().BeFalse();
+        r.Errors.Should().ContainSingle().Which.Should().BeAssignableTo<OperationCanceledException>(
+            "only the cancellation of a drain cut short by AbortToken is expected");
+    }
+
+    [Fact]
+    public async Task Cleanups_run_after_every_drain_even_one_that_was_cut_short()
+    {
+        var clock = new ManualTimeProvider();
+        await using var shutdown = Create(clock);
+        var log = new ConcurrentQueue<string>();
+        var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        shutdown.Register(async _ =>
+        {
+            await Task.Yield();
+            log.Enqueue("cleanup");
+        });
+        shutdown.Register(new Drainable(async ct =>
+        {
+            entered.SetResult();
+            try
+            {
+                await Task.Delay(Timeout.Infinite, ct);
+            }
+            finally
+            {
+                log.Enqueue("drain cut short");
+            }
+        }));
+        var report = shutdown.ShutdownAsync();
+        await entered.Task.WithTimeout();
+        clock.Advance(Drain);
+        var r = await report.WithTimeout();
+        log.Should().Equal("drain cut short", "cleanup");
+        r.TimedOut.Should().BeTrue();
+        r.Errors.Should().BeEmpty();
+    }
 }
