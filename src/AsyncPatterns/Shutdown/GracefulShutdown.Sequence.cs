@@ -96,6 +96,12 @@ public sealed partial class GracefulShutdown
                 RecordError(inner);
             }
         }
+        finally
+        {
+            // The sequence may already be past the drains (its waits end inside Cancel, before the callbacks
+            // registered earlier have run): it waits for this before making the report.
+            _abortFired.TrySetResult();
+        }
     }
 
     private async Task RunSequenceAsync(IDrainable[] components, Func<CancellationToken, Task>[] cleanups)
@@ -131,6 +137,13 @@ public sealed partial class GracefulShutdown
             }
 
             _deadline?.Dispose();
+            if (timedOut)
+            {
+                // Every AbortToken callback has run and its failure is in Errors before the report is made; this
+                // also moves the rest of the sequence off the thread that fired the abort (a timer, Abort()).
+                await _abortFired.Task.ConfigureAwait(false);
+            }
+
             var drainElapsed = timeProvider.GetElapsedTime(_startedAt);
             ShutdownLog.DrainPhaseFinished(_context.Logger, _context.Name, drainElapsed, timedOut);
             RecordPhase("drain", drainElapsed);

@@ -45,6 +45,9 @@ public sealed partial class GracefulShutdown : IAsyncDisposable
 
     private readonly TaskCompletionSource<ShutdownReport> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _tasksEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // Completes once every AbortToken callback has run (and its failure, if any, was recorded): the report waits for it.
+    private readonly TaskCompletionSource _abortFired = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly List<IDrainable> _components = [];
     private readonly List<Func<CancellationToken, Task>> _cleanups = [];
     private readonly List<Exception> _errors = [];

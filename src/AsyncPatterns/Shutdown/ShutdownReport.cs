@@ -18,7 +18,7 @@ namespace AsyncPatterns;
 /// <param name="Errors">Every failure seen: tracked work that faulted, drains that threw something other than the
 /// expected cancellation of a cut-short drain, cleanups that threw or overran
 /// <see cref="GracefulShutdownOptions.CleanupTimeout"/> (a <see cref="TimeoutException"/>), and exceptions thrown by
-/// callbacks registered on <see cref="GracefulShutdown.StoppingToken"/>.</param>
+/// callbacks registered on <see cref="GracefulShutdown.StoppingToken"/> or <see cref="GracefulShutdown.AbortToken"/>.</param>
 /// <remarks>
 /// The four task counts cover every call to <see cref="GracefulShutdown.Run"/> over the instance's life, so their sum
 /// is the number of tracked tasks ever started: nothing tracked goes unreported. What the registered components
