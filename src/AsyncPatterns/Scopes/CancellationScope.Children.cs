@@ -100,18 +100,13 @@ public sealed partial class CancellationScope
 
     private static void Schedule(IScopeChild child) => ThreadPool.UnsafeQueueUserWorkItem(child, preferLocal: true);
 
-    /// <summary>Runs on the thread pool: invokes the child's delegate unless the scope is already cancelled.</summary>
+    /// <summary>
+    /// Runs on the thread pool: invokes the child's delegate, even when the scope was cancelled since
+    /// <see cref="Run"/> accepted it (as Trio's <c>start_soon</c>): an accepted child always runs, sees the cancelled
+    /// token at its first check and gets to run its own cleanup, whatever the thread pool's timing.
+    /// </summary>
     internal void StartChild(IScopeChild child, Func<CancellationToken, Task> work)
     {
-        if (_token.IsCancellationRequested)
-        {
-            child.TryCancel(_token);
-            Interlocked.Increment(ref _cancelled);
-            RecordCancelledMetric();
-            ChildEnded(wasRunning: true);
-            return;
-        }
-
         Interlocked.Increment(ref _started);
         if (CancellationScopeMetrics.ChildrenStarted.Enabled)
         {

@@ -29,8 +29,11 @@ namespace AsyncPatterns;
 /// <c>start_soon</c>: the caller never runs child code, so a child that blocks before its first await cannot stall
 /// the code that starts its siblings, and an exception the delegate throws synchronously becomes that child's
 /// failure instead of escaping <c>Run</c>. The <see cref="ExecutionContext"/> (AsyncLocal values, the current
-/// <c>Activity</c>) flows to the child. A child whose scope is cancelled before it starts is never invoked; its task
-/// ends cancelled.
+/// <c>Activity</c>) flows to the child. Every child <c>Run</c> accepted is invoked, even when the scope is
+/// cancelled before the thread pool gets to it (as Trio's <c>start_soon</c>): it then receives a cancelled token,
+/// so what it does on cancellation (logging, cleanup) always happens, whatever the timing. Only children still
+/// waiting for a <see cref="CancellationScopeOptions.MaxConcurrency"/> slot when the scope is cancelled are never
+/// invoked; their tasks end cancelled.
 /// </para>
 /// <para>
 /// <b>Outcomes.</b> A child that throws an <see cref="OperationCanceledException"/> while the scope's token (or the
@@ -220,8 +223,10 @@ public sealed partial class CancellationScope : IAsyncDisposable
     /// <see cref="RunAsync(Func{CancellationScope, Task}, TimeSpan?, CancellationToken)"/>.
     /// </para>
     /// <para>
-    /// A child accepted just before the scope was cancelled is never invoked if the cancellation reaches it before
-    /// it starts (its task ends cancelled), as an asyncio task cancelled before its first step.
+    /// A child accepted just before the scope was cancelled is still invoked, with the cancelled token (as Trio's
+    /// <c>start_soon</c>; an asyncio task cancelled before its first step would never run), so its cancellation
+    /// handling always runs. Only a child still waiting for a <see cref="CancellationScopeOptions.MaxConcurrency"/>
+    /// slot is never invoked.
     /// </para>
     /// </remarks>
 #pragma warning disable VSTHRD200 // Run is the contract's name (Task.Run, asyncio create_task): it starts work, it does not await it.

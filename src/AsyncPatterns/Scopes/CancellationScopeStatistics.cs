@@ -26,7 +26,7 @@ public sealed record CancellationScopeStatistics
 
     /// <summary>
     /// Gets the number of children that ended cancelled because the scope (or the caller's token) was cancelled,
-    /// including children that were never started because the scope was cancelled first.
+    /// including children still waiting for a MaxConcurrency slot when the scope was cancelled, which never start.
     /// </summary>
     public long Cancelled { get; init; }
 

@@ -23,6 +23,55 @@ public sealed class CancellationScopePeerTests
         }
     }
 
+    [Fact] // Trio's start_soon into a nursery that is cancelled at once: the child still runs and sees the cancellation
+    public async Task A_child_started_just_before_the_scope_ends_always_runs_and_sees_the_cancellation()
+    {
+        for (var i = 0; i < 200; i++)
+        {
+            var sawCancellation = 0;
+            await using (var scope = new CancellationScope())
+            {
+                _ = scope.Run(async ct =>
+                {
+                    try
+                    {
+                        await Task.Delay(Timeout.Infinite, ct);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        Interlocked.Increment(ref sawCancellation);
+                        throw;
+                    }
+                });
+            }
+
+            sawCancellation.Should().Be(1, "leaving the block cancels the child, which was started (round {0})", i);
+        }
+    }
+
+    [Fact]
+    public async Task A_child_accepted_before_a_failure_cancels_the_nursery_is_still_invoked()
+    {
+        for (var i = 0; i < 200; i++)
+        {
+            var invoked = 0;
+            var error = new InvalidOperationException("fails at once");
+            var act = () => CancellationScope.RunAsync(scope =>
+            {
+                _ = scope.Run(_ => throw error);
+                _ = scope.Run(ct =>
+                {
+                    Interlocked.Increment(ref invoked);
+                    return Task.Delay(Timeout.Infinite, ct);
+                });
+                return Task.CompletedTask;
+            });
+
+            (await act.Should().ThrowExactlyAsync<InvalidOperationException>().WithTimeout()).Which.Should().BeSameAs(error);
+            invoked.Should().Be(1, "every accepted child runs (round {0})", i);
+        }
+    }
+
     [Fact] // the README's nursery example: the body awaits a child that fails and lets its exception escape
     public async Task A_body_that_awaits_a_failing_child_reports_the_one_failure_as_itself()
     {
