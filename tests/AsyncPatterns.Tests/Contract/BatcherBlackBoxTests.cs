@@ -906,6 +906,133 @@ public sealed class BatcherBlackBoxTests
         batcher.GetStatistics().ItemsProcessed.Should().Be(1);
     }
 
+    // ---------------------------------------------------------------- adversarial
+
+    [Fact]
+    public async Task DisposeAsync_cuts_the_drain_short_after_DrainTimeout_on_the_fake_clock_and_never_throws()
+    {
+        var clock = new ManualTimeProvider();
+        var started = Gate();
+        var dropped = new ConcurrentQueue<int>();
+        var batcher = new Batcher<int>(
+            async (items, ct) =>
+            {
+                started.TrySetResult();
+                await Task.Delay(Timeout.Infinite, ct);
+            },
+            new BatcherOptions<int>
+            {
+                MaxBatchSize = 1,
+                MaxDelay = TimeSpan.FromHours(1),
+                DrainTimeout = TimeSpan.FromSeconds(5),
+                TimeProvider = clock,
+                OnDropped = items => { foreach (var i in items) { dropped.Enqueue(i); } },
+            });
+        await batcher.AddAsync(0).WithTimeout();
+        await batcher.AddAsync(1).WithTimeout();
+        await started.Task.WithTimeout();
+
+        var dispose = batcher.DisposeAsync().AsTask();
+        await AsyncAssert.StillPendingAsync(dispose);
+        await AsyncAssert.EventuallyAsync(() => clock.ActiveTimerCount > 0);
+        clock.Advance(TimeSpan.FromSeconds(5));
+
+        await dispose.WithTimeout();
+        await batcher.Completion.WithTimeout();
+        dropped.Should().Equal(1);
+        var s = batcher.GetStatistics();
+        s.ItemsFailed.Should().Be(1);
+        s.ItemsDropped.Should().Be(1);
+        (s.Handled + s.Failed + s.Dropped).Should().Be(s.Accepted);
+    }
+
+    [Fact]
+    public async Task With_results_returning_the_input_list_itself_gives_each_caller_its_own_item()
+    {
+        await using var echo = new Batcher<int, int>(
+            (items, ct) => new ValueTask<IReadOnlyList<int>>(items),
+            new BatcherOptions<int> { MaxBatchSize = 8, MaxConcurrentBatches = 2, MaxDelay = TimeSpan.FromMilliseconds(1) });
+
+        var calls = Enumerable.Range(0, 500).Select(i => echo.SubmitAsync(i)).ToArray();
+        var results = await Task.WhenAll(calls).WithTimeout();
+
+        results.Should().Equal(Enumerable.Range(0, 500));
+    }
+
+    [Fact]
+    public async Task A_batch_that_comes_of_age_while_the_previous_one_runs_is_emitted_and_waits_its_turn()
+    {
+        var clock = new ManualTimeProvider();
+        var gate = Gate();
+        var batches = new ConcurrentQueue<int[]>();
+        await using var batcher = new Batcher<int>(
+            async (items, ct) =>
+            {
+                var copy = items.ToArray();
+                if (copy[0] == 0)
+                {
+                    await gate.Task;
+                }
+
+                batches.Enqueue(copy);
+            },
+            Opts(clock, maxBatchSize: 2, delayMs: 100));
+        await batcher.AddAsync(0).WithTimeout();
+        await batcher.AddAsync(1).WithTimeout();   // [0, 1] by size; blocked
+        await batcher.AddAsync(2).WithTimeout();
+        clock.AdvanceMilliseconds(100);            // [2] by age, waits for the slot
+        await AsyncAssert.EventuallyAsync(() => batcher.GetStatistics().BatchesByAge == 1);
+        await batcher.AddAsync(3).WithTimeout();   // a new batch, not [2, 3]
+        batcher.GetStatistics().ItemsBuffered.Should().Be(1);
+
+        gate.SetResult();
+        await batcher.FlushAsync().WithTimeout();
+        batches.Should().BeEquivalentTo(new[] { new[] { 0, 1 }, new[] { 2 }, new[] { 3 } }, o => o.WithStrictOrdering());
+    }
+
+    [Fact]
+    public async Task Adders_racing_a_drain_either_get_processed_or_refused()
+    {
+        for (var round = 0; round < 20; round++)
+        {
+            var processed = 0;
+            var batcher = new Batcher<int>(
+                async (items, ct) =>
+                {
+                    await Task.Yield();
+                    Interlocked.Add(ref processed, items.Count);
+                },
+                new BatcherOptions<int> { MaxBatchSize = 5, Capacity = 10, MaxDelay = TimeSpan.FromMilliseconds(1) });
+            var accepted = 0;
+            var refused = 0;
+            using var start = new Barrier(5);
+            var adders = Enumerable.Range(0, 4).Select(p => Task.Run(async () =>
+            {
+                start.SignalAndWait();
+                for (var i = 0; i < 200; i++)
+                {
+                    try
+                    {
+                        await batcher.AddAsync(i);
+                        Interlocked.Increment(ref accepted);
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        Interlocked.Increment(ref refused);
+                    }
+                }
+            })).ToArray();
+            start.SignalAndWait();
+            await Task.Delay(1);
+            await batcher.DrainAsync().WithTimeout();
+            await Task.WhenAll(adders).WithTimeout();
+
+            (accepted + refused).Should().Be(800);
+            processed.Should().Be(accepted, $"round {round}");
+            batcher.GetStatistics().ItemsAccepted.Should().Be(accepted);
+        }
+    }
+
     // ---------------------------------------------------------------- shared rules
 
     [Fact]

@@ -756,6 +756,145 @@ public sealed class PrioritySchedulerBlackBoxTests
         ((IDrainable)scheduler).Should().NotBeNull();
     }
 
+    // ---------------------------------------------------------------- adversarial
+
+    [Fact]
+    public async Task A_drain_cut_short_while_an_item_waits_for_its_permit_ends_that_item_without_moving_the_clock()
+    {
+        var clock = new ManualTimeProvider();
+        using var limiter = new GcraRateLimiter(new GcraRateLimiterOptions { PermitsPerSecond = 1, Burst = 1, TimeProvider = clock });
+        await using var scheduler = new PriorityScheduler(new PrioritySchedulerOptions { RateLimiter = limiter, TimeProvider = clock });
+        await scheduler.RunAsync(ct => ValueTask.CompletedTask).WithTimeout();
+        var ran = false;
+        var waiting = scheduler.RunAsync(ct =>
+        {
+            ran = true;
+            return ValueTask.CompletedTask;
+        });
+        var queued = scheduler.RunAsync(ct => ValueTask.CompletedTask, 1);
+        await AsyncAssert.EventuallyAsync(() => clock.ActiveTimerCount > 0);
+
+        await FluentActions.Awaiting(() => scheduler.DrainAsync(new CancellationToken(true)).WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+
+        await scheduler.Completion.WithTimeout(TimeSpan.FromSeconds(5));
+        await FluentActions.Awaiting(() => waiting.WithTimeout(TimeSpan.FromSeconds(5))).Should().ThrowAsync<Exception>();
+        await FluentActions.Awaiting(() => queued.WithTimeout(TimeSpan.FromSeconds(5))).Should().ThrowAsync<OperationCanceledException>();
+        ran.Should().BeFalse();
+        var s = scheduler.GetStatistics();
+        (s.Handled + s.Failed + s.Dropped).Should().Be(s.Accepted);
+        s.RunningCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task With_aging_shedding_compares_aged_keys_an_old_low_item_can_outrank_a_new_urgent_one()
+    {
+        var clock = new ManualTimeProvider();
+        await using var scheduler = new PriorityScheduler(new PrioritySchedulerOptions
+        {
+            MaxConcurrency = 1,
+            Capacity = 1,
+            AgingInterval = TimeSpan.FromSeconds(1),
+            TimeProvider = clock,
+        });
+        var (gate, blocker) = await BlockAsync(scheduler);
+        var order = new ConcurrentQueue<string>();
+
+        var old = Record(scheduler, order, "old", 5);      // key 5
+        clock.AdvanceMilliseconds(10_000);
+        var late = Record(scheduler, order, "late", 1);    // key 11: less urgent than the aged item
+        await FluentActions.Awaiting(() => late.WithTimeout()).Should().ThrowAsync<WorkRejectedException>();
+        var newer = Record(scheduler, order, "newer", -10); // key 0: more urgent, evicts
+        await FluentActions.Awaiting(() => old.WithTimeout()).Should().ThrowAsync<WorkRejectedException>();
+
+        gate.SetResult();
+        await Task.WhenAll(blocker, newer).WithTimeout();
+        order.Should().Equal("newer");
+    }
+
+    [Fact]
+    public async Task Cancelling_an_evicted_item_later_changes_nothing()
+    {
+        await using var scheduler = new PriorityScheduler(new PrioritySchedulerOptions { Capacity = 1 });
+        var (gate, blocker) = await BlockAsync(scheduler);
+        using var cts = new CancellationTokenSource();
+        var evicted = scheduler.RunAsync(ct => ValueTask.CompletedTask, 5, cts.Token);
+        var urgent = scheduler.RunAsync(ct => ValueTask.CompletedTask, 1);
+        await FluentActions.Awaiting(() => evicted.WithTimeout()).Should().ThrowAsync<WorkRejectedException>();
+
+        cts.Cancel();
+
+        scheduler.QueuedCount.Should().Be(1);
+        gate.SetResult();
+        await Task.WhenAll(blocker, urgent).WithTimeout();
+        await scheduler.DrainAsync().WithTimeout();
+        var s = scheduler.GetStatistics();
+        s.Evicted.Should().Be(1);
+        s.Canceled.Should().Be(0);
+        (s.Handled + s.Failed + s.Dropped).Should().Be(s.Accepted);
+    }
+
+    [Fact]
+    public async Task Work_returning_a_faulted_or_cancelled_ValueTask_without_throwing_ends_its_task_accordingly()
+    {
+        await using var scheduler = new PriorityScheduler();
+        var faulted = scheduler.RunAsync(ct => ValueTask.FromException<int>(new FormatException()));
+        var cancelled = scheduler.RunAsync(ct => ValueTask.FromCanceled(new CancellationToken(true)));
+        var ownOce = scheduler.RunAsync(ct => throw new OperationCanceledException());
+
+        await FluentActions.Awaiting(() => faulted.WithTimeout()).Should().ThrowAsync<FormatException>();
+        await FluentActions.Awaiting(() => cancelled.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+        await FluentActions.Awaiting(() => ownOce.WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+        cancelled.IsCanceled.Should().BeTrue();
+        ownOce.IsCanceled.Should().BeTrue();
+        await scheduler.DrainAsync().WithTimeout();
+        scheduler.GetStatistics().Failed.Should().Be(3);
+    }
+
+    [Fact]
+    public async Task Submitters_racing_a_drain_either_run_or_are_refused()
+    {
+        for (var round = 0; round < 20; round++)
+        {
+            var scheduler = new PriorityScheduler(new PrioritySchedulerOptions { MaxConcurrency = 2 });
+            var ran = 0;
+            var tasks = new ConcurrentBag<Task>();
+            var refused = 0;
+            using var start = new Barrier(5);
+            var submitters = Enumerable.Range(0, 4).Select(p => Task.Run(() =>
+            {
+                start.SignalAndWait();
+                for (var i = 0; i < 200; i++)
+                {
+                    try
+                    {
+                        tasks.Add(scheduler.RunAsync(
+                            async ct =>
+                            {
+                                await Task.Yield();
+                                Interlocked.Increment(ref ran);
+                            },
+                            i % 5));
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        Interlocked.Increment(ref refused);
+                    }
+                }
+            })).ToArray();
+            start.SignalAndWait();
+            await Task.Delay(1);
+            await scheduler.DrainAsync().WithTimeout();
+            await Task.WhenAll(submitters).WithTimeout();
+
+            await Task.WhenAll(tasks).WithTimeout();
+            (tasks.Count + refused).Should().Be(800);
+            ran.Should().Be(tasks.Count, $"round {round}: every accepted item ran before the drain finished");
+            var s = scheduler.GetStatistics();
+            s.Accepted.Should().Be(tasks.Count);
+            s.Handled.Should().Be(tasks.Count);
+        }
+    }
+
     // ---------------------------------------------------------------- statistics and observability
 
     [Fact]

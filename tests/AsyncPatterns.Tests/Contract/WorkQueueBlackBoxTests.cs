@@ -1194,6 +1194,124 @@ public sealed class WorkQueueBlackBoxTests
         queue.GetStatistics().Failed.Should().Be(1);
     }
 
+    // ---------------------------------------------------------------- adversarial: races and cut-short waits
+
+    [Fact]
+    public async Task A_drain_cut_short_while_a_worker_waits_for_a_permit_still_finishes_and_accounts_for_the_item()
+    {
+        var clock = new ManualTimeProvider();
+        using var limiter = new GcraRateLimiter(new GcraRateLimiterOptions { PermitsPerSecond = 1, Burst = 1, TimeProvider = clock });
+        var handled = new ConcurrentQueue<int>();
+        var dropped = new ConcurrentQueue<int>();
+        var errors = new ConcurrentQueue<int>();
+        await using var queue = new WorkQueue<int>(
+            (i, ct) =>
+            {
+                handled.Enqueue(i);
+                return ValueTask.CompletedTask;
+            },
+            new WorkQueueOptions<int> { RateLimiter = limiter, TimeProvider = clock, OnDropped = dropped.Enqueue, OnError = (i, _) => errors.Enqueue(i) });
+        await queue.EnqueueAsync(0).WithTimeout();
+        await queue.EnqueueAsync(1).WithTimeout();
+        await queue.EnqueueAsync(2).WithTimeout();
+        await AsyncAssert.EventuallyAsync(() => handled.Count == 1);
+        await AsyncAssert.EventuallyAsync(() => clock.ActiveTimerCount > 0, "item 1 waits for its permit");
+
+        await FluentActions.Awaiting(() => queue.DrainAsync(new CancellationToken(true)).WithTimeout()).Should().ThrowAsync<OperationCanceledException>();
+
+        await queue.Completion.WithTimeout(TimeSpan.FromSeconds(5)); // without moving the clock
+        handled.Should().Equal(0);
+        var s = queue.GetStatistics();
+        s.Accepted.Should().Be(3);
+        (s.Handled + s.Failed + s.Dropped).Should().Be(3);
+        dropped.Concat(errors).Should().BeEquivalentTo(new[] { 1, 2 });
+    }
+
+    [Fact]
+    public async Task Producers_racing_a_drain_either_get_accepted_and_handled_or_refused()
+    {
+        for (var round = 0; round < 20; round++)
+        {
+            var handled = 0;
+            var queue = new WorkQueue<int>(
+                async (i, ct) =>
+                {
+                    await Task.Yield();
+                    Interlocked.Increment(ref handled);
+                },
+                new WorkQueueOptions<int> { Capacity = 4, MaxConcurrency = 2 });
+            var accepted = 0;
+            var refused = 0;
+            using var start = new Barrier(5);
+            var producers = Enumerable.Range(0, 4).Select(p => Task.Run(async () =>
+            {
+                start.SignalAndWait();
+                for (var i = 0; i < 200; i++)
+                {
+                    try
+                    {
+                        await queue.EnqueueAsync(i);
+                        Interlocked.Increment(ref accepted);
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        Interlocked.Increment(ref refused);
+                    }
+                }
+            })).ToArray();
+            start.SignalAndWait();
+            await Task.Delay(1);
+            await queue.DrainAsync().WithTimeout();
+            await Task.WhenAll(producers).WithTimeout();
+
+            (accepted + refused).Should().Be(800);
+            var s = queue.GetStatistics();
+            s.Accepted.Should().Be(accepted, $"round {round}");
+            s.Handled.Should().Be(accepted, $"round {round}");
+            handled.Should().Be(accepted, $"round {round}");
+        }
+    }
+
+    [Fact]
+    public async Task DrainAsync_refuses_producers_that_were_waiting_for_room()
+    {
+        var gate = Gate();
+        var started = new SemaphoreSlim(0);
+        await using var queue = new WorkQueue<int>(
+            async (i, ct) =>
+            {
+                started.Release();
+                await gate.Task;
+            },
+            new WorkQueueOptions<int> { Capacity = 1 });
+        await queue.EnqueueAsync(0).WithTimeout();
+        (await started.WaitAsync(Wait)).Should().BeTrue();
+        await queue.EnqueueAsync(1).WithTimeout();
+        var waiting = queue.EnqueueAsync(2).AsTask();
+        await AsyncAssert.StillPendingAsync(waiting);
+
+        var drain = queue.DrainAsync();
+
+        await FluentActions.Awaiting(() => waiting.WithTimeout()).Should().ThrowAsync<InvalidOperationException>();
+        gate.SetResult();
+        await drain.WithTimeout();
+        queue.GetStatistics().Accepted.Should().Be(2);
+        queue.GetStatistics().Handled.Should().Be(2);
+    }
+
+    [Fact]
+    public async Task Handler_returning_a_faulted_ValueTask_without_throwing_counts_as_failed()
+    {
+        var errors = new ConcurrentQueue<Exception>();
+        await using var queue = new WorkQueue<int>(
+            (i, ct) => ValueTask.FromException(new FormatException("bad " + i)),
+            new WorkQueueOptions<int> { OnError = (_, ex) => errors.Enqueue(ex) });
+        await queue.EnqueueAsync(1).WithTimeout();
+        await queue.DrainAsync().WithTimeout();
+        errors.Single().Should().BeOfType<FormatException>();
+        queue.GetStatistics().Failed.Should().Be(1);
+    }
+
     // ---------------------------------------------------------------- observability
 
     [Fact]
