@@ -1005,10 +1005,10 @@ public sealed class BatcherBlackBoxTests
                 new BatcherOptions<int> { MaxBatchSize = 5, Capacity = 10, MaxDelay = TimeSpan.FromMilliseconds(1) });
             var accepted = 0;
             var refused = 0;
-            using var start = new Barrier(5);
+            var go = Gate();
             var adders = Enumerable.Range(0, 4).Select(p => Task.Run(async () =>
             {
-                start.SignalAndWait();
+                await go.Task;
                 for (var i = 0; i < 200; i++)
                 {
                     try
@@ -1022,7 +1022,7 @@ public sealed class BatcherBlackBoxTests
                     }
                 }
             })).ToArray();
-            start.SignalAndWait();
+            go.SetResult();
             await Task.Delay(1);
             await batcher.DrainAsync().WithTimeout();
             await Task.WhenAll(adders).WithTimeout();
@@ -1031,6 +1031,101 @@ public sealed class BatcherBlackBoxTests
             processed.Should().Be(accepted, $"round {round}");
             batcher.GetStatistics().ItemsAccepted.Should().Be(accepted);
         }
+    }
+
+    [Fact]
+    public async Task Statistics_are_up_to_date_once_a_caller_has_its_result_or_FlushAsync_returns()
+    {
+        var clock = new ManualTimeProvider();
+        await using var batcher = new Batcher<int, int>(
+            async (items, ct) =>
+            {
+                await Task.Yield();
+                return items.ToArray();
+            },
+            Opts(clock, maxBatchSize: 1));
+        for (var i = 1; i <= 30; i++)
+        {
+            (await batcher.SubmitAsync(i).WithTimeout()).Should().Be(i);
+            var s = batcher.GetStatistics();
+            s.ItemsProcessed.Should().Be(i);
+            s.ItemsPending.Should().Be(0);
+            s.BatchesInFlight.Should().Be(0);
+            s.BatchesProcessed.Should().Be(i);
+        }
+
+        await using var plain = new Batcher<int>((_, _) => ValueTask.CompletedTask, Opts(clock, maxBatchSize: 10));
+        for (var i = 0; i < 5; i++)
+        {
+            await plain.AddAsync(i).WithTimeout();
+        }
+
+        await plain.FlushAsync().WithTimeout();
+        var p = plain.GetStatistics();
+        p.ItemsProcessed.Should().Be(5);
+        p.ItemsPending.Should().Be(0);
+        p.ItemsBuffered.Should().Be(0);
+        p.BatchesInFlight.Should().Be(0);
+        p.BatchesByFlush.Should().Be(1);
+    }
+
+    [Fact]
+    public async Task Cancelling_the_SubmitAsync_token_after_acceptance_has_no_effect()
+    {
+        var clock = new ManualTimeProvider();
+        var gate = Gate();
+        await using var batcher = new Batcher<int, int>(
+            async (items, ct) =>
+            {
+                await gate.Task;
+                return items.Select(i => i + 1).ToArray();
+            },
+            Opts(clock, maxBatchSize: 10));
+        using var cts = new CancellationTokenSource();
+        var call = batcher.SubmitAsync(41, cts.Token);
+        batcher.GetStatistics().ItemsAccepted.Should().Be(1);
+
+        cts.Cancel();
+        var flush = batcher.FlushAsync();
+        gate.SetResult();
+
+        (await call.WithTimeout()).Should().Be(42);
+        await flush.WithTimeout();
+    }
+
+    [Fact]
+    public async Task MaxBatchWeight_closes_a_batch_before_it_would_exceed_the_limit_and_a_heavy_item_goes_alone()
+    {
+        var clock = new ManualTimeProvider();
+        var batches = new ConcurrentQueue<int[]>();
+        await using var batcher = new Batcher<int>(Collect(batches), new BatcherOptions<int>
+        {
+            MaxBatchSize = 100,
+            MaxDelay = TimeSpan.FromHours(1),
+            TimeProvider = clock,
+            MaxBatchWeight = 10,
+            WeightSelector = i => i,
+        });
+
+        foreach (var w in new[] { 4, 4, 3, 6, 25, 1 })
+        {
+            await batcher.AddAsync(w).WithTimeout();
+        }
+
+        await batcher.FlushAsync().WithTimeout();
+        batches.SelectMany(b => b).Should().Equal(4, 4, 3, 6, 25, 1);
+        batches.Should().OnlyContain(b => b.Length == 1 || b.Sum() <= 10);
+        batches.Should().ContainEquivalentOf(new[] { 25 });
+        batches.First().Should().Equal(4, 4);
+    }
+
+    [Fact]
+    public void MaxBatchWeight_and_WeightSelector_go_together()
+    {
+        var onlyWeight = () => new Batcher<int>((_, _) => ValueTask.CompletedTask, new BatcherOptions<int> { MaxBatchWeight = 10 });
+        var onlySelector = () => new Batcher<int>((_, _) => ValueTask.CompletedTask, new BatcherOptions<int> { WeightSelector = i => i });
+        onlyWeight.Should().Throw<ArgumentException>();
+        onlySelector.Should().Throw<ArgumentException>();
     }
 
     // ---------------------------------------------------------------- shared rules

@@ -859,10 +859,10 @@ public sealed class PrioritySchedulerBlackBoxTests
             var ran = 0;
             var tasks = new ConcurrentBag<Task>();
             var refused = 0;
-            using var start = new Barrier(5);
-            var submitters = Enumerable.Range(0, 4).Select(p => Task.Run(() =>
+            var go = Gate();
+            var submitters = Enumerable.Range(0, 4).Select(p => Task.Run(async () =>
             {
-                start.SignalAndWait();
+                await go.Task;
                 for (var i = 0; i < 200; i++)
                 {
                     try
@@ -881,7 +881,7 @@ public sealed class PrioritySchedulerBlackBoxTests
                     }
                 }
             })).ToArray();
-            start.SignalAndWait();
+            go.SetResult();
             await Task.Delay(1);
             await scheduler.DrainAsync().WithTimeout();
             await Task.WhenAll(submitters).WithTimeout();
@@ -893,6 +893,26 @@ public sealed class PrioritySchedulerBlackBoxTests
             s.Accepted.Should().Be(tasks.Count);
             s.Handled.Should().Be(tasks.Count);
         }
+    }
+
+    [Fact]
+    public async Task Counts_and_statistics_are_up_to_date_as_soon_as_the_items_task_completes()
+    {
+        await using var scheduler = new PriorityScheduler(new PrioritySchedulerOptions { MaxConcurrency = 2 });
+        for (var i = 1; i <= 50; i++)
+        {
+            await scheduler.RunAsync(ct => ValueTask.FromResult(1)).WithTimeout();
+            scheduler.RunningCount.Should().Be(0);
+            scheduler.QueuedCount.Should().Be(0);
+            var s = scheduler.GetStatistics();
+            s.Handled.Should().Be(i);
+            s.Accepted.Should().Be(i);
+        }
+
+        await FluentActions.Awaiting(() => scheduler.RunAsync(ct => ValueTask.FromException(new FormatException()))).Should().ThrowAsync<FormatException>();
+        scheduler.GetStatistics().Failed.Should().Be(1);
+        scheduler.RunningCount.Should().Be(0);
+        await AsyncAssert.StillPendingAsync(scheduler.Completion, "Completion waits for a drain");
     }
 
     // ---------------------------------------------------------------- statistics and observability

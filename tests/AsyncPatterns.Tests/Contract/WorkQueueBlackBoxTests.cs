@@ -1242,10 +1242,10 @@ public sealed class WorkQueueBlackBoxTests
                 new WorkQueueOptions<int> { Capacity = 4, MaxConcurrency = 2 });
             var accepted = 0;
             var refused = 0;
-            using var start = new Barrier(5);
+            var go = Gate();
             var producers = Enumerable.Range(0, 4).Select(p => Task.Run(async () =>
             {
-                start.SignalAndWait();
+                await go.Task;
                 for (var i = 0; i < 200; i++)
                 {
                     try
@@ -1259,7 +1259,7 @@ public sealed class WorkQueueBlackBoxTests
                     }
                 }
             })).ToArray();
-            start.SignalAndWait();
+            go.SetResult();
             await Task.Delay(1);
             await queue.DrainAsync().WithTimeout();
             await Task.WhenAll(producers).WithTimeout();
@@ -1310,6 +1310,36 @@ public sealed class WorkQueueBlackBoxTests
         await queue.DrainAsync().WithTimeout();
         errors.Single().Should().BeOfType<FormatException>();
         queue.GetStatistics().Failed.Should().Be(1);
+    }
+
+    [Fact]
+    public async Task InFlight_and_Count_are_zero_and_statistics_exact_once_Completion_has_completed()
+    {
+        var queue = new WorkQueue<int>(
+            async (i, ct) =>
+            {
+                await Task.Yield();
+                if (i % 7 == 0)
+                {
+                    throw new InvalidOperationException();
+                }
+            },
+            new WorkQueueOptions<int> { MaxConcurrency = 4, Capacity = 16 });
+        for (var i = 0; i < 200; i++)
+        {
+            await queue.EnqueueAsync(i).WithTimeout();
+        }
+
+        queue.Complete();
+        await queue.Completion.WithTimeout();
+
+        queue.InFlight.Should().Be(0);
+        queue.Count.Should().Be(0);
+        var s = queue.GetStatistics();
+        s.Accepted.Should().Be(200);
+        s.Failed.Should().Be(29);
+        s.Handled.Should().Be(171);
+        await queue.DisposeAsync();
     }
 
     // ---------------------------------------------------------------- observability
