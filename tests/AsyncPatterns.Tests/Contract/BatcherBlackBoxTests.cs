@@ -1128,6 +1128,73 @@ public sealed class BatcherBlackBoxTests
         onlySelector.Should().Throw<ArgumentException>();
     }
 
+    [Fact]
+    public async Task Result_tasks_run_their_continuations_asynchronously_so_a_blocking_continuation_cannot_stall_the_batcher()
+    {
+        var gate = Gate();
+        using var nextProcessed = new ManualResetEventSlim();
+        await using var batcher = new Batcher<int, int>(
+            async (items, ct) =>
+            {
+                if (items[0] == 0)
+                {
+                    await gate.Task;
+                }
+                else
+                {
+                    nextProcessed.Set();
+                }
+
+                return items.ToArray();
+            },
+            new BatcherOptions<int> { MaxBatchSize = 1 });
+        var first = batcher.SubmitAsync(0);
+        var second = batcher.SubmitAsync(1);
+        var continuation = first.ContinueWith(
+            _ => nextProcessed.Wait(TimeSpan.FromSeconds(3)),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default);
+
+        gate.SetResult();
+
+        (await continuation.WithTimeout()).Should().BeTrue("the next batch runs while a synchronous continuation of the previous caller blocks");
+        (await second.WithTimeout()).Should().Be(1);
+    }
+
+    [Fact]
+    public async Task A_waiting_adders_continuation_does_not_run_inline_on_the_batch_loop()
+    {
+        var gate = Gate();
+        using var nextProcessed = new ManualResetEventSlim();
+        await using var batcher = new Batcher<int>(
+            async (items, ct) =>
+            {
+                if (items[0] == 0)
+                {
+                    await gate.Task;
+                }
+                else if (items[0] == 1)
+                {
+                    nextProcessed.Set();
+                }
+            },
+            new BatcherOptions<int> { MaxBatchSize = 1, Capacity = 2 });
+        await batcher.AddAsync(0).WithTimeout();
+        await batcher.AddAsync(1).WithTimeout();
+        var adder = Task.Run(async () =>
+        {
+            await batcher.AddAsync(2);
+            return nextProcessed.Wait(TimeSpan.FromSeconds(3)); // blocks whatever thread resumed us
+        });
+        await AsyncAssert.EventuallyAsync(() => batcher.GetStatistics().WaitingAdds == 1);
+
+        gate.SetResult();
+
+        (await adder.WithTimeout()).Should().BeTrue();
+        await batcher.DrainAsync().WithTimeout();
+    }
+
     // ---------------------------------------------------------------- shared rules
 
     [Fact]

@@ -915,6 +915,30 @@ public sealed class PrioritySchedulerBlackBoxTests
         await AsyncAssert.StillPendingAsync(scheduler.Completion, "Completion waits for a drain");
     }
 
+    [Fact]
+    public async Task Item_tasks_run_their_continuations_asynchronously_so_a_blocking_continuation_cannot_stall_the_scheduler()
+    {
+        await using var scheduler = new PriorityScheduler(new PrioritySchedulerOptions { MaxConcurrency = 1 });
+        var gate = Gate();
+        using var nextStarted = new ManualResetEventSlim();
+        var first = scheduler.RunAsync(async ct => await gate.Task);
+        var second = scheduler.RunAsync(ct =>
+        {
+            nextStarted.Set();
+            return ValueTask.CompletedTask;
+        });
+        var continuation = first.ContinueWith(
+            _ => nextStarted.Wait(TimeSpan.FromSeconds(3)),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default);
+
+        gate.SetResult();
+
+        (await continuation.WithTimeout()).Should().BeTrue("the next item starts while a synchronous continuation of the previous one blocks");
+        await second.WithTimeout();
+    }
+
     // ---------------------------------------------------------------- statistics and observability
 
     [Fact]

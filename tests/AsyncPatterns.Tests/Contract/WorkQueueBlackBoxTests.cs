@@ -1342,6 +1342,44 @@ public sealed class WorkQueueBlackBoxTests
         await queue.DisposeAsync();
     }
 
+    [Fact]
+    public async Task A_waiting_producers_continuation_does_not_run_inline_on_a_worker()
+    {
+        var gate = Gate();
+        var started = new SemaphoreSlim(0);
+        using var oneHandled = new ManualResetEventSlim();
+        await using var queue = new WorkQueue<int>(
+            async (i, ct) =>
+            {
+                started.Release();
+                if (i == 0)
+                {
+                    await gate.Task;
+                }
+
+                if (i == 1)
+                {
+                    oneHandled.Set();
+                }
+            },
+            new WorkQueueOptions<int> { Capacity = 1 });
+        await queue.EnqueueAsync(0).WithTimeout();
+        (await started.WaitAsync(Wait)).Should().BeTrue();
+        await queue.EnqueueAsync(1).WithTimeout();
+        var producer = Task.Run(async () =>
+        {
+            await queue.EnqueueAsync(2);
+            return oneHandled.Wait(TimeSpan.FromSeconds(3)); // blocks whatever thread resumed us
+        });
+        await AsyncAssert.EventuallyAsync(() => queue.GetStatistics().WaitingProducers == 1);
+
+        gate.SetResult();
+
+        (await producer.WithTimeout()).Should().BeTrue("the worker that made room must not be the thread running the producer's continuation");
+        await queue.DrainAsync().WithTimeout();
+        queue.GetStatistics().Handled.Should().Be(3);
+    }
+
     // ---------------------------------------------------------------- observability
 
     [Fact]
