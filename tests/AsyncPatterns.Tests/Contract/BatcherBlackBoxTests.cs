@@ -1195,6 +1195,23 @@ public sealed class BatcherBlackBoxTests
         await batcher.DrainAsync().WithTimeout();
     }
 
+    [Fact]
+    public async Task Pipeline_timeout_reaches_processBatch_through_its_token()
+    {
+        var pipeline = new ResiliencePipelineBuilder().AddTimeout(TimeSpan.FromMilliseconds(50)).Build();
+        await using var batcher = new Batcher<int, int>(
+            async (items, ct) =>
+            {
+                await Task.Delay(Timeout.Infinite, ct);
+                return items.ToArray();
+            },
+            new BatcherOptions<int> { MaxBatchSize = 1, Pipeline = pipeline });
+
+        await FluentActions.Awaiting(() => batcher.SubmitAsync(1).WithTimeout(TimeSpan.FromSeconds(5))).Should().ThrowAsync<Polly.Timeout.TimeoutRejectedException>();
+        await batcher.DrainAsync().WithTimeout();
+        batcher.GetStatistics().ItemsFailed.Should().Be(1);
+    }
+
     // ---------------------------------------------------------------- shared rules
 
     [Fact]

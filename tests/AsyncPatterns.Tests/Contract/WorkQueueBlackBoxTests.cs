@@ -1380,6 +1380,22 @@ public sealed class WorkQueueBlackBoxTests
         queue.GetStatistics().Handled.Should().Be(3);
     }
 
+    [Fact]
+    public async Task Pipeline_timeout_reaches_the_handler_through_its_token()
+    {
+        var pipeline = new ResiliencePipelineBuilder().AddTimeout(TimeSpan.FromMilliseconds(50)).Build();
+        var errors = new ConcurrentQueue<Exception>();
+        await using var queue = new WorkQueue<int>(
+            async (i, ct) => await Task.Delay(Timeout.Infinite, ct),
+            new WorkQueueOptions<int> { Pipeline = pipeline, OnError = (_, ex) => errors.Enqueue(ex) });
+
+        await queue.EnqueueAsync(1).WithTimeout();
+        await queue.DrainAsync().WithTimeout(TimeSpan.FromSeconds(5));
+
+        errors.Single().Should().BeOfType<Polly.Timeout.TimeoutRejectedException>();
+        queue.GetStatistics().Failed.Should().Be(1);
+    }
+
     // ---------------------------------------------------------------- observability
 
     [Fact]
