@@ -96,8 +96,8 @@ internal static partial class Guard
     /// <summary>Builds the exception for a primitive that no longer accepts work, for callers that fault a task with it.</summary>
     public static InvalidOperationException ClosedException(string primitive, string name) =>
         new(primitive == name
-            ? $"The {primitive} is closed: Complete, DrainAsync or DisposeAsync was called, so it accepts no new work."
-            : $"The {primitive} '{name}' is closed: Complete, DrainAsync or DisposeAsync was called, so it accepts no new work.");
+            ? $"The {primitive} is closed: it was completed, drained or disposed, so it accepts no new work."
+            : $"The {primitive} '{name}' is closed: it was completed, drained or disposed, so it accepts no new work.");
 
     [DoesNotReturn]
     public static void ThrowOutOfRange(string name, object? actual, string allowed) =>
