@@ -322,17 +322,10 @@ public sealed partial class AdaptiveConcurrencyLimiter : RateLimiter, IRateLimit
         RateLimiterWaiterBatch granted = default;
         lock (_lock)
         {
-            if (!waiter.IsQueued)
+            if (!_queue.TryRemoveCanceled(waiter))
             {
-                if (waiter.IsRegistering)
-                {
-                    waiter.CanceledWhileRegistering = true;
-                }
-
                 return;
             }
-
-            _queue.Remove(waiter);
 
             // With OldestFirst the cancelled waiter may have been the one holding back smaller requests behind it.
             GrantWaitersLocked(_timeProvider.GetTimestamp(), ref granted);

@@ -10,18 +10,10 @@ public sealed partial class GcraRateLimiter
         RateLimiterWaiterBatch granted = default;
         lock (_lock)
         {
-            if (!waiter.IsQueued)
+            if (!_queue.TryRemoveCanceled(waiter))
             {
-                // Already granted, evicted or failed by Dispose; or the token fired while registering.
-                if (waiter.IsRegistering)
-                {
-                    waiter.CanceledWhileRegistering = true;
-                }
-
                 return;
             }
-
-            _queue.Remove(waiter);
             if (!_disposed)
             {
                 ProcessQueueLocked(Now(), ref granted);

@@ -126,6 +126,27 @@ internal sealed class RateLimiterWaiterQueue
         PermitCount += waiter.PermitCount;
     }
 
+    /// <summary>
+    /// A waiter's token fired (the owner's lock held): removes it and returns true if it still waits. Otherwise it was
+    /// already granted, evicted or failed by Dispose, or the token fired while it was registering, which is noted so
+    /// that the registering call returns a cancelled task.
+    /// </summary>
+    public bool TryRemoveCanceled(RateLimiterWaiter waiter)
+    {
+        if (!waiter.IsQueued)
+        {
+            if (waiter.IsRegistering)
+            {
+                waiter.CanceledWhileRegistering = true;
+            }
+
+            return false;
+        }
+
+        Remove(waiter);
+        return true;
+    }
+
     public void Remove(RateLimiterWaiter waiter)
     {
         Debug.Assert(waiter.IsQueued);
