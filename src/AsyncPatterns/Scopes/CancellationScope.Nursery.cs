@@ -52,8 +52,9 @@ public sealed partial class CancellationScope
     /// <para>
     /// Differences from the peers, where the contract decides: one failure is rethrown as itself instead of an
     /// exception group (Trio's <c>strict_exception_groups=False</c>), several are an
-    /// <see cref="AggregateException"/> in the order they happened; a child that is cancelled before it starts never
-    /// runs (asyncio), where Trio would run it up to its first checkpoint.
+    /// <see cref="AggregateException"/> in the order they happened. A child accepted by <see cref="Run"/> always runs,
+    /// with the cancelled token if the scope was cancelled before it started (Trio's <c>start_soon</c>; asyncio would
+    /// not run it).
     /// </para>
     /// </remarks>
     [OverloadResolutionPriority(1)]
