@@ -175,7 +175,10 @@ public sealed partial class CircuitBreaker
 
                 default: // open within its break, or half-open with every slot taken
                     refusedIn = (CircuitState)_state;
-                    retryAfter = _blockedUntil - now;
+
+                    // `now` was read before the lock: another caller may have opened the circuit at a later instant,
+                    // so the time left is capped at one break.
+                    retryAfter = Math.Min(_blockedUntil - now, _breakTicks);
                     inner = _breakingException;
                     goto Refused;
             }

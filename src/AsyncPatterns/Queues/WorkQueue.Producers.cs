@@ -77,6 +77,7 @@ public sealed partial class WorkQueue<T>
     }
 
     /// <summary>The leader: waits on the channel for room for its own item, then hands the line to the pump.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask LeadAsync(T item, CancellationToken cancellationToken)
     {
         var waited = false;
@@ -144,6 +145,21 @@ public sealed partial class WorkQueue<T>
     /// <summary>Admits the queued producers in order, each as soon as there is room; refuses them all once the queue closes.</summary>
     private async Task PumpAsync()
     {
+        try
+        {
+            await PumpCoreAsync().ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Nothing may escape a fire-and-forget pump: the line would be left active and unserved.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            // Unexpected (a throwing MeterListener, say): fail everyone still in line rather than leave them hanging.
+            RefuseLine(ex);
+        }
+    }
+
+    private async Task PumpCoreAsync()
+    {
         while (true)
         {
             ProducerWaiter head;
@@ -167,8 +183,16 @@ public sealed partial class WorkQueue<T>
                     head.State = ProducerWaiter.Done;
                 }
 
-                RecordAccepted();
-                head.Finish(null);
+                try
+                {
+                    RecordAccepted();
+                }
+                finally
+                {
+                    // The item is in the queue: its producer is released even if recording it threw.
+                    head.Finish(null);
+                }
+
                 continue;
             }
 
@@ -211,8 +235,11 @@ public sealed partial class WorkQueue<T>
         }
     }
 
-    /// <summary>The queue closed: every producer still in line gets <see cref="InvalidOperationException"/>.</summary>
-    private void RefuseLine()
+    /// <summary>
+    /// The queue closed: every producer still in line gets <see cref="InvalidOperationException"/> (or
+    /// <paramref name="error"/>, when the pump itself failed).
+    /// </summary>
+    private void RefuseLine(Exception? error = null)
     {
         List<ProducerWaiter> refused = [];
         lock (_producersLock)
@@ -232,7 +259,7 @@ public sealed partial class WorkQueue<T>
 
         foreach (var waiter in refused)
         {
-            waiter.Finish(Guard.ClosedException(Kind, _context.Name));
+            waiter.Finish(error ?? Guard.ClosedException(Kind, _context.Name));
         }
     }
 

@@ -58,19 +58,15 @@ public sealed partial class GcraRateLimiter
                     _queue.EnqueueTail(waiter);
                     ProcessQueueLocked(now, ref granted);
                 }
-                else
-                {
-                    immediate = null;
-                }
             }
 
             queueDelta = _queue.PermitCount - before;
             Volatile.Write(ref _queuedPermits, _queue.PermitCount);
         }
 
-        long evictedPermits = evicted.CompleteAll(RateLimitingLease.RefusedFor(ToTimeSpan(_interval)));
         if (!evicted.IsEmpty)
         {
+            long evictedPermits = evicted.CompleteAll(RateLimitingLease.RefusedFor(ToTimeSpan(_interval)));
             Interlocked.Add(ref _failedLeases, evicted.Count);
             RateLimitingMetrics.RecordRefused(evictedPermits, _context.NameTag);
             RateLimitingLog.WaiterEvicted(_context.Logger, _context.Name, (int)evictedPermits);

@@ -206,11 +206,12 @@ public sealed partial class CancellationScope
         lock (_lock)
         {
             _failures ??= [];
+            _failureSet ??= new HashSet<Exception>(ReferenceEqualityComparer.Instance);
             foreach (var failure in failures)
             {
                 // The body (or a sibling) that awaits a failed child and lets its exception escape rethrows the same
                 // instance: that is one failure, not two ("one failure is rethrown as itself").
-                if (!_failures.Exists(recorded => ReferenceEquals(recorded, failure)))
+                if (_failureSet.Add(failure))
                 {
                     _failures.Add(failure);
                 }

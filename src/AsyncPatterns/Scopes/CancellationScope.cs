@@ -91,6 +91,9 @@ public sealed partial class CancellationScope : IAsyncDisposable
     // Under _lock: failures in the order they happened.
     private List<Exception>? _failures;
 
+    // The same instances as _failures, for a constant-time duplicate check (a rethrown child exception is one failure).
+    private HashSet<Exception>? _failureSet;
+
     private long _started;
     private long _failed;
     private long _cancelled;

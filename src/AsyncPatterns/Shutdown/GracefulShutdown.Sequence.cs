@@ -83,10 +83,11 @@ public sealed partial class GracefulShutdown
 
     private void CancelAbort(string cause)
     {
-        var elapsed = _context.TimeProvider.GetElapsedTime(_startedAt);
-        ShutdownLog.Aborting(_context.Logger, _context.Name, cause, elapsed);
         try
         {
+            // Inside the try: a throwing logger or clock must not leave the sequence waiting for _abortFired forever.
+            var elapsed = _context.TimeProvider.GetElapsedTime(_startedAt);
+            ShutdownLog.Aborting(_context.Logger, _context.Name, cause, elapsed);
             _abort.Cancel();
         }
         catch (AggregateException ex)

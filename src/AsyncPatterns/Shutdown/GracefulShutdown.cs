@@ -240,7 +240,8 @@ public sealed partial class GracefulShutdown : IAsyncDisposable
     /// <remarks>
     /// When this method returns, <see cref="StoppingToken"/> has fired and <see cref="IsShuttingDown"/> is true.
     /// The returned task never faults; it completes within <see cref="GracefulShutdownOptions.DrainTimeout"/> plus
-    /// the cleanups' bounds, whatever the work does. Work started with <see cref="Run"/> (or a component's handler)
+    /// the cleanups' bounds, whatever the work does (callbacks registered on <see cref="AbortToken"/> run to their end
+    /// before the report, so keep them short and non-blocking, as any cancellation callback should be). Work started with <see cref="Run"/> (or a component's handler)
     /// may call this method to stop the application, but must not await the returned task: the shutdown waits for
     /// that work, so awaiting it there waits until the deadline (as awaiting the seeds' <c>shutdown()</c> from one of
     /// the tasks it gathers would). Discard it and return, or let <see cref="StoppingToken"/> end the work.
