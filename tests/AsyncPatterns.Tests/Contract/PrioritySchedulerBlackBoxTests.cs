@@ -271,7 +271,9 @@ public sealed class PrioritySchedulerBlackBoxTests
 
         gates.GetOrAdd("c", _ => Gate()).TrySetResult();
         await Task.WhenAll(tasks).WithTimeout();
-        order.Should().Equal("a", "b", "d", "e", "c");
+        // a and b start together on two slots, so either may record itself first; the queued ones follow by priority.
+        order.Take(2).Should().BeEquivalentTo("a", "b");
+        order.Skip(2).Should().Equal("d", "e", "c");
         max.Should().Be(2);
     }
 
