@@ -36,6 +36,11 @@ public sealed class CancellationScopeLimitAndShieldTests
         {
             gates[i].SetResult();
             await children[i].WithTimeout();
+
+            // The freed slot goes to the next waiting child, which is scheduled on the pool: let it start before the
+            // next release, or two scheduled children could reach their first line in either order.
+            var started = Math.Min(i + 3, 6);
+            await AsyncAssert.EventuallyAsync(() => startOrder.Count == started);
         }
 
         startOrder.Skip(2).Should().Equal(2, 3, 4, 5);
