@@ -479,10 +479,18 @@ public sealed class WorkQueueBlackBoxTests
         return (queue, gate, handled, dropped);
     }
 
-    [Fact]
-    public async Task DropOldest_accepts_the_new_item_and_drops_the_oldest_waiting_one()
+    /// <summary>
+    /// Worker busy with 0, items 1 and 2 waiting (Capacity 2), then 3 and 4 offered: which item each mode drops
+    /// (OnDropped) is the one a bounded channel's itemDropped callback receives, and nothing ever waits.
+    /// </summary>
+    [Theory]
+    [InlineData(BoundedChannelFullMode.DropOldest, new[] { 1 }, new[] { 1, 2 }, new[] { 0, 3, 4 })]
+    [InlineData(BoundedChannelFullMode.DropNewest, new[] { 2 }, new[] { 2, 3 }, new[] { 0, 1, 4 })]
+    [InlineData(BoundedChannelFullMode.DropWrite, new[] { 3 }, new[] { 3, 4 }, new[] { 0, 1, 2 })]
+    public async Task Each_drop_mode_drops_its_item_never_waits_and_accounts_for_everything(
+        BoundedChannelFullMode mode, int[] droppedAfterThird, int[] droppedAfterFourth, int[] expectedHandled)
     {
-        var (queue, gate, handled, dropped) = await BlockedQueueAsync(BoundedChannelFullMode.DropOldest);
+        var (queue, gate, handled, dropped) = await BlockedQueueAsync(mode);
         await using var _ = queue;
         await queue.EnqueueAsync(1).WithTimeout();
         await queue.EnqueueAsync(2).WithTimeout();
@@ -490,67 +498,19 @@ public sealed class WorkQueueBlackBoxTests
         var third = queue.EnqueueAsync(3);
         third.IsCompletedSuccessfully.Should().BeTrue("drop modes never wait");
         await third;
-        dropped.Should().Equal(1);
-        queue.TryEnqueue(4).Should().BeTrue();
-        dropped.Should().Equal(1, 2);
+        dropped.Should().Equal(droppedAfterThird);
+        queue.TryEnqueue(4).Should().BeTrue("as ChannelWriter.TryWrite in a drop mode");
+        dropped.Should().Equal(droppedAfterFourth);
         queue.Count.Should().Be(2);
 
         gate.SetResult();
         await queue.DrainAsync().WithTimeout();
-        handled.Should().Equal(0, 3, 4);
+        handled.Should().Equal(expectedHandled);
         var s = queue.GetStatistics();
-        s.Accepted.Should().Be(5);
+        s.Accepted.Should().Be(5, "a dropped item was accepted first, then dropped");
         s.Handled.Should().Be(3);
         s.Dropped.Should().Be(2);
         s.Failed.Should().Be(0);
-    }
-
-    [Fact]
-    public async Task DropNewest_accepts_the_new_item_and_drops_the_newest_waiting_one()
-    {
-        var (queue, gate, handled, dropped) = await BlockedQueueAsync(BoundedChannelFullMode.DropNewest);
-        await using var _ = queue;
-        await queue.EnqueueAsync(1).WithTimeout();
-        await queue.EnqueueAsync(2).WithTimeout();
-
-        var third = queue.EnqueueAsync(3);
-        third.IsCompletedSuccessfully.Should().BeTrue("drop modes never wait");
-        await third;
-        dropped.Should().Equal(2);
-        queue.TryEnqueue(4).Should().BeTrue();
-        dropped.Should().Equal(2, 3);
-
-        gate.SetResult();
-        await queue.DrainAsync().WithTimeout();
-        handled.Should().Equal(0, 1, 4);
-        var s = queue.GetStatistics();
-        s.Accepted.Should().Be(5);
-        s.Handled.Should().Be(3);
-        s.Dropped.Should().Be(2);
-    }
-
-    [Fact]
-    public async Task DropWrite_drops_the_new_item_itself_and_still_completes()
-    {
-        var (queue, gate, handled, dropped) = await BlockedQueueAsync(BoundedChannelFullMode.DropWrite);
-        await using var _ = queue;
-        await queue.EnqueueAsync(1).WithTimeout();
-        await queue.EnqueueAsync(2).WithTimeout();
-
-        var third = queue.EnqueueAsync(3);
-        third.IsCompletedSuccessfully.Should().BeTrue("drop modes never wait");
-        await third;
-        dropped.Should().Equal(3);
-        queue.TryEnqueue(4).Should().BeTrue("as ChannelWriter.TryWrite in DropWrite mode");
-        dropped.Should().Equal(3, 4);
-
-        gate.SetResult();
-        await queue.DrainAsync().WithTimeout();
-        handled.Should().Equal(0, 1, 2);
-        var s = queue.GetStatistics();
-        (s.Handled + s.Failed + s.Dropped).Should().Be(s.Accepted);
-        s.Dropped.Should().Be(2);
-        s.Handled.Should().Be(3);
     }
 
     [Fact]
